@@ -1,0 +1,14 @@
+"""nnx: a small, transparent deep-learning library with explicit backward passes, running on
+NumPy (``NNX_BACKEND=cpu``) or CuPy with our own CUDA kernels (``NNX_BACKEND=cuda``)."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import backend
+from .dtypes import get_default_dtype, set_default_dtype
+from .random import manual_seed
+from . import init, nn
+from .gradcheck import GradcheckError, gradcheck
+
+__all__ = ["backend", "nn", "init", "manual_seed", "gradcheck", "GradcheckError",
+           "get_default_dtype", "set_default_dtype", "__version__"]

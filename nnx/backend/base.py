@@ -1,0 +1,168 @@
+"""The backend interface every array backend implements.
+
+Layers, losses and optimizers are written once against this interface: they get array math
+from ``backend.xp`` (numpy or cupy) and call the fused operations below for the hot paths.
+The NumPy backend (``numpy_backend.py``) is the reference implementation of every method;
+other backends must match it to float32 tolerance (the test suite checks that).
+
+Conventions shared by all backends
+----------------------------------
+* Images are NCHW.  Convolution weights are ``(O, C/groups, KH, KW)``.
+* ``im2col`` column layout: ``cols`` has shape ``(C*KH*KW, N*OH*OW)``; row index
+  ``(c*KH + i)*KW + j`` and column index ``(n*OH + oh)*OW + ow``, so that
+  ``weight.reshape(O, -1) @ cols`` is the convolution for ``groups == 1`` and group ``g`` uses
+  rows ``g*Cg*KH*KW : (g+1)*Cg*KH*KW``.  Output size per axis:
+  ``OH = (H + 2*ph - dh*(KH-1) - 1)//sh + 1``.
+* Pooling forward returns what its backward needs as an opaque object (each backend may save
+  what suits it, e.g. argmax indices); callers pass it back unchanged.
+* Recurrent cells follow PyTorch's gate order: LSTM (i, f, g, o), GRU (r, z, n) with the reset
+  gate applied to ``W_hn h + b_hn``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class Backend(ABC):
+    """Abstract array backend.  See the module docstring for shared conventions."""
+
+    name: str = "abstract"
+    xp = None  # the array module: numpy or cupy
+
+    # ---------------------------------------------------------------- arrays and transfers
+    @abstractmethod
+    def asarray(self, x, dtype=None):
+        """Return ``x`` as an array of this backend (copying from host/device as needed)."""
+
+    @abstractmethod
+    def to_numpy(self, x):
+        """Return a NumPy array with the values of ``x`` (a host copy for device arrays)."""
+
+    @abstractmethod
+    def is_native(self, x) -> bool:
+        """True when ``x`` is an array that lives on this backend."""
+
+    def synchronize(self) -> None:
+        """Block until all queued work is done (no-op on the CPU)."""
+
+    # ---------------------------------------------------------------- random numbers
+    @abstractmethod
+    def manual_seed(self, seed: int) -> None:
+        """Seed this backend's generator (used for dropout masks and augmentation)."""
+
+    @abstractmethod
+    def random(self, shape, dtype="float32"):
+        """Uniform [0, 1) samples of ``shape`` on this backend."""
+
+    @abstractmethod
+    def randint(self, low: int, high: int, shape):
+        """Integer samples in [low, high) of ``shape`` on this backend (int64)."""
+
+    # ---------------------------------------------------------------- element-wise fused ops
+    @abstractmethod
+    def tanh_backward(self, y, gy):
+        """``gx = gy * (1 - y*y)`` where ``y = tanh(x)``, in one pass."""
+
+    @abstractmethod
+    def relu(self, x):
+        """``max(x, 0)``."""
+
+    @abstractmethod
+    def bias_relu(self, x, b):
+        """``max(x + b, 0)`` with ``b`` of shape ``(C,)`` broadcast along axis 1 of ``x``."""
+
+    @abstractmethod
+    def relu_backward(self, y, gy):
+        """``gx = gy * [y > 0]`` where ``y = relu(x)``."""
+
+    # ---------------------------------------------------------------- losses
+    @abstractmethod
+    def softmax_cross_entropy_forward(self, logits, labels, label_smoothing=0.0):
+        """Per-row loss of a softmax over the last axis of ``logits`` ``(N, C)``.
+
+        ``loss_n = -sum_c q_nc * log softmax(z_n)_c`` with ``q = (1-s)*onehot(labels) + s/C``.
+        Computed stably (max subtraction, log-sum-exp) with float32-or-wider accumulation.
+        ``labels`` are integers in [0, C).  Returns ``(N,)`` in the dtype of ``logits``.
+        """
+
+    @abstractmethod
+    def softmax_cross_entropy_backward(self, logits, labels, label_smoothing, row_scale):
+        """``d loss / d logits = row_scale[:, None] * (softmax(z) - q)`` in one pass.
+
+        ``row_scale`` is ``(N,)``: the upstream gradient of each row's loss (``1/N`` for a mean,
+        ``0`` for masked rows).
+        """
+
+    # ---------------------------------------------------------------- convolution and pooling
+    @abstractmethod
+    def im2col(self, x, kernel, stride, padding, dilation):
+        """``x (N,C,H,W)`` -> ``cols (C*KH*KW, N*OH*OW)``.  All geometry args are 2-tuples."""
+
+    @abstractmethod
+    def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
+        """Adjoint of :meth:`im2col`: sums column entries back into an ``x_shape`` array."""
+
+    @abstractmethod
+    def maxpool2d_forward(self, x, kernel, stride, padding):
+        """Max pooling (padding counts as -inf).  Returns ``(y, saved)``."""
+
+    @abstractmethod
+    def maxpool2d_backward(self, gy, saved, x_shape, kernel, stride, padding):
+        """Gradient of max pooling: each window's ``gy`` goes to its (first) arg-max."""
+
+    @abstractmethod
+    def avgpool2d_forward(self, x, kernel, stride, padding, count_include_pad=True):
+        """Average pooling with PyTorch's semantics for padding and ``count_include_pad``."""
+
+    @abstractmethod
+    def avgpool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad=True):
+        """Gradient of :meth:`avgpool2d_forward`."""
+
+    # ---------------------------------------------------------------- recurrent cells
+    @abstractmethod
+    def lstm_cell_forward(self, gates, c_prev):
+        """``gates (N,4H)`` are the pre-activations ``x W_ih^T + b_ih + h W_hh^T + b_hh``.
+
+        ``i,f,o = sigmoid``, ``g = tanh``; ``c = f*c_prev + i*g``; ``h = o*tanh(c)``.
+        Returns ``(h, c, saved)``.
+        """
+
+    @abstractmethod
+    def lstm_cell_backward(self, dh, dc, saved):
+        """Given ``dL/dh`` and ``dL/dc`` (from later steps), return ``(dgates, dc_prev)``."""
+
+    @abstractmethod
+    def gru_cell_forward(self, gi, gh, h_prev):
+        """``gi = x W_ih^T + b_ih``, ``gh = h_prev W_hh^T + b_hh``, both ``(N,3H)`` as (r,z,n).
+
+        ``r = sigmoid(gi_r + gh_r)``, ``z = sigmoid(gi_z + gh_z)``,
+        ``n = tanh(gi_n + r*gh_n)``, ``h = (1-z)*n + z*h_prev``.  Returns ``(h, saved)``.
+        """
+
+    @abstractmethod
+    def gru_cell_backward(self, dh, saved):
+        """Return ``(dgi, dgh, dh_prev)``; ``dh_prev`` is only the direct ``z*h`` path —
+        the caller adds ``dgh @ W_hh``."""
+
+    # ---------------------------------------------------------------- optimizer updates
+    @abstractmethod
+    def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                   weight_decay=0.0, first_step=False):
+        """PyTorch's SGD update of ``param`` in place (``buf`` updated in place, may be None
+        when ``momentum == 0``)::
+
+            g = grad + weight_decay * param
+            buf = g if first_step else momentum*buf + (1-dampening)*g
+            d = g + momentum*buf if nesterov else buf          (d = g when momentum == 0)
+            param -= lr * d
+        """
+
+    @abstractmethod
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                    decoupled=False):
+        """Adam (``decoupled=False``: L2 added to the gradient) or AdamW (decoupled decay
+        ``param *= 1 - lr*weight_decay``) in place; ``step`` counts from 1::
+
+            m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
+            param -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
+        """

@@ -1,0 +1,159 @@
+"""The NumPy (CPU) backend: the reference implementation of every backend operation."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Backend
+from . import cpu_conv, cpu_rnn
+
+
+class NumpyBackend(Backend):
+    name = "cpu"
+    xp = np
+
+    def __init__(self):
+        self._rng = np.random.default_rng(0)
+
+    # ---------------------------------------------------------------- arrays
+    def asarray(self, x, dtype=None):
+        if _is_cupy_array(x):
+            from .errors import BackendMismatchError
+            raise BackendMismatchError(
+                "got a CuPy (GPU) array on the 'cpu' backend; move it with "
+                "nnx.backend.get().asarray(x.get()) or switch with nnx.backend.use('cuda')")
+        return np.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        if _is_cupy_array(x):
+            return x.get()
+        return np.asarray(x)
+
+    def is_native(self, x) -> bool:
+        return isinstance(x, np.ndarray)
+
+    # ---------------------------------------------------------------- random
+    def manual_seed(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def random(self, shape, dtype="float32"):
+        return self._rng.random(shape, dtype=np.dtype(dtype)) if np.dtype(dtype) in (
+            np.float32, np.float64) else self._rng.random(shape).astype(dtype)
+
+    def randint(self, low, high, shape):
+        return self._rng.integers(low, high, size=shape, dtype=np.int64)
+
+    def rng_state(self):
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        self._rng.bit_generator.state = state
+
+    # ---------------------------------------------------------------- element-wise
+    def tanh_backward(self, y, gy):
+        return gy * (1 - y * y)
+
+    def relu(self, x):
+        return np.maximum(x, 0)
+
+    def bias_relu(self, x, b):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        out = x + b.reshape(shape)
+        return np.maximum(out, 0, out=out)
+
+    def relu_backward(self, y, gy):
+        return gy * (y > 0)
+
+    # ---------------------------------------------------------------- losses
+    def softmax_cross_entropy_forward(self, logits, labels, label_smoothing=0.0):
+        z = logits.astype(np.promote_types(logits.dtype, np.float32), copy=False)
+        n, c = z.shape
+        m = z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z - m).sum(axis=1)) + m[:, 0]           # log-sum-exp per row
+        picked = z[np.arange(n), labels]
+        loss = lse - picked                                          # -log p_label
+        if label_smoothing:
+            # -sum_c (s/C) log p_c = s * (lse - mean_c z_c)
+            loss = (1 - label_smoothing) * loss + label_smoothing * (lse - z.mean(axis=1))
+        return loss.astype(logits.dtype, copy=False)
+
+    def softmax_cross_entropy_backward(self, logits, labels, label_smoothing, row_scale):
+        n, c = logits.shape
+        z = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        if label_smoothing:
+            p -= label_smoothing / c
+        p[np.arange(n), labels] -= 1 - label_smoothing
+        p *= np.asarray(row_scale, dtype=p.dtype).reshape(n, 1)
+        return p
+
+    # ---------------------------------------------------------------- conv and pooling
+    def im2col(self, x, kernel, stride, padding, dilation):
+        return cpu_conv.im2col(x, kernel, stride, padding, dilation)
+
+    def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
+        return cpu_conv.col2im(cols, x_shape, kernel, stride, padding, dilation)
+
+    def maxpool2d_forward(self, x, kernel, stride, padding):
+        return cpu_conv.maxpool2d_forward(x, kernel, stride, padding)
+
+    def maxpool2d_backward(self, gy, saved, x_shape, kernel, stride, padding):
+        return cpu_conv.maxpool2d_backward(gy, saved, x_shape, kernel, stride, padding)
+
+    def avgpool2d_forward(self, x, kernel, stride, padding, count_include_pad=True):
+        return cpu_conv.avgpool2d_forward(x, kernel, stride, padding, count_include_pad)
+
+    def avgpool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad=True):
+        return cpu_conv.avgpool2d_backward(gy, x_shape, kernel, stride, padding,
+                                           count_include_pad)
+
+    # ---------------------------------------------------------------- recurrent cells
+    def lstm_cell_forward(self, gates, c_prev):
+        return cpu_rnn.lstm_cell_forward(gates, c_prev)
+
+    def lstm_cell_backward(self, dh, dc, saved):
+        return cpu_rnn.lstm_cell_backward(dh, dc, saved)
+
+    def gru_cell_forward(self, gi, gh, h_prev):
+        return cpu_rnn.gru_cell_forward(gi, gh, h_prev)
+
+    def gru_cell_backward(self, dh, saved):
+        return cpu_rnn.gru_cell_backward(dh, saved)
+
+    # ---------------------------------------------------------------- optimizers
+    def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                   weight_decay=0.0, first_step=False):
+        g = grad + weight_decay * param if weight_decay else grad
+        if momentum:
+            if first_step:
+                buf[...] = g
+            else:
+                buf *= momentum
+                buf += (1 - dampening) * g
+            d = g + momentum * buf if nesterov else buf
+        else:
+            d = g
+        param -= lr * d
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                    decoupled=False):
+        if weight_decay:
+            if decoupled:
+                param *= 1 - lr * weight_decay
+                g = grad
+            else:
+                g = grad + weight_decay * param
+        else:
+            g = grad
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * (g * g)
+        bc1 = 1 - beta1 ** step
+        bc2 = 1 - beta2 ** step
+        denom = np.sqrt(v / bc2) + eps
+        param -= (lr / bc1) * (m / denom)
+
+
+def _is_cupy_array(x) -> bool:
+    return type(x).__module__.startswith("cupy")

@@ -1,0 +1,148 @@
+"""Element-wise activations and softmax.  Each keeps only what its derivative needs."""
+from __future__ import annotations
+
+from .. import backend as B
+from .functional import as_array, check_float
+from .module import Module
+
+
+class _Activation(Module):
+    def _input(self, x):
+        return check_float(as_array(x), type(self).__name__)
+
+    def _saved(self, value):
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return value
+
+
+class ReLU(Module):
+    """``y = max(x, 0)``;  ``dL/dx = dL/dy ⊙ 𝟙[x > 0]`` (seeds: the indicator function)."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        x = check_float(as_array(x), "ReLU")
+        self._y = B.get().relu(x)
+        return self._y
+
+    def backward(self, dy):
+        if self._y is None:
+            raise RuntimeError("ReLU.backward called before forward")
+        return B.get().relu_backward(self._y, dy)
+
+
+class LeakyReLU(_Activation):
+    """``y = x if x > 0 else a·x``;  ``dL/dx = dL/dy ⊙ (1 if x > 0 else a)``."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+        self._x = None
+
+    def forward(self, x):
+        self._x = x = self._input(x)
+        xp = B.get().xp
+        return xp.where(x > 0, x, x * self.negative_slope)
+
+    def backward(self, dy):
+        x = self._saved(self._x)
+        xp = B.get().xp
+        return xp.where(x > 0, dy, dy * self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(_Activation):
+    """``y = 1 / (1 + e^{-x})``;  ``dL/dx = dL/dy ⊙ y(1 - y)``."""
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        x = self._input(x)
+        self._y = sigmoid(x)
+        return self._y
+
+    def backward(self, dy):
+        y = self._saved(self._y)
+        return dy * y * (1 - y)
+
+
+class Tanh(_Activation):
+    """``y = tanh(x)``;  ``dL/dx = dL/dy ⊙ (1 - y²)`` via the backend's fused
+    ``tanh_backward`` (one pass on the GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        x = self._input(x)
+        self._y = B.get().xp.tanh(x)
+        return self._y
+
+    def backward(self, dy):
+        return B.get().tanh_backward(self._saved(self._y), dy)
+
+
+class Arctan(_Activation):
+    """``y = arctan(x)``;  ``dL/dx = dL/dy / (1 + x²)``."""
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def forward(self, x):
+        self._x = x = self._input(x)
+        return B.get().xp.arctan(x)
+
+    def backward(self, dy):
+        x = self._saved(self._x)
+        return dy / (1 + x * x)
+
+
+class Softmax(_Activation):
+    """``y_i = e^{x_i} / Σ_j e^{x_j}`` along ``dim`` (computed with the max subtracted);
+    ``dL/dx = y ⊙ (dL/dy - Σ_j y_j dL/dy_j)``.  For classification prefer
+    ``CrossEntropyLoss`` on logits, which fuses this with the loss."""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = dim
+        self._y = None
+
+    def forward(self, x):
+        x = self._input(x)
+        self._y = softmax(x, self.dim)
+        return self._y
+
+    def backward(self, dy):
+        y = self._saved(self._y)
+        return y * (dy - (dy * y).sum(axis=self.dim, keepdims=True))
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+def sigmoid(x):
+    """Numerically stable logistic function (no overflow for large |x|)."""
+    xp = B.get().xp
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def softmax(x, dim=-1):
+    xp = B.get().xp
+    e = xp.exp(x - x.max(axis=dim, keepdims=True))
+    return e / e.sum(axis=dim, keepdims=True)
+
+
+def log_softmax(x, dim=-1):
+    xp = B.get().xp
+    z = x - x.max(axis=dim, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=dim, keepdims=True))
