@@ -1,0 +1,55 @@
+"""Gradient clipping (in place, on the active backend)."""
+from __future__ import annotations
+
+import math
+
+from .. import backend as B
+from ..nn.parameter import Parameter
+
+
+def _grads(params):
+    if isinstance(params, Parameter):
+        params = [params]
+    return [p.grad for p in params if p.grad is not None]
+
+
+def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False) -> float:
+    r"""Scale all gradients together so that their joint norm is at most ``max_norm``::
+
+        total = ( Σ_p ||g_p||_q^q )^{1/q}      (q = norm_type; q = inf: max_p max|g_p|)
+        g_p  *= min(1, max_norm / (total + 1e-6))
+
+    Returns ``total`` (before clipping) as a Python float, like PyTorch.
+    """
+    grads = _grads(params)
+    if not grads:
+        return 0.0
+    xp = B.get().xp
+    q = float(norm_type)
+    # one reduction per gradient on the device, then a single host transfer
+    if math.isinf(q):
+        per = xp.stack([xp.abs(g).max().astype(xp.float64) for g in grads])
+        total = float(per.max())
+    else:
+        if q == 2.0:
+            per = xp.stack([(g.astype(xp.float64) ** 2).sum() for g in grads])
+        else:
+            per = xp.stack([(xp.abs(g.astype(xp.float64)) ** q).sum() for g in grads])
+        total = float(per.sum()) ** (1.0 / q)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"the total norm of order {norm_type} of the gradients is "
+                           f"non-finite ({total}); set error_if_nonfinite=False to ignore")
+    coef = float(max_norm) / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g *= g.dtype.type(coef)
+    return total
+
+
+def clip_grad_value_(params, clip_value: float) -> None:
+    """Clamp every gradient element to ``[-clip_value, clip_value]`` in place."""
+    xp = B.get().xp
+    c = float(clip_value)
+    for g in _grads(params):
+        xp.clip(g, -c, c, out=g)
