@@ -1,0 +1,531 @@
+"""Train an image classifier: ``nnx-train`` / ``python -m nnx.train``.
+
+Examples::
+
+    nnx-train --dataset digits --epochs 15                    # offline, ~seconds on a CPU
+    nnx-train --dataset cifar10 --model simple_cnn --backend cuda --epochs 30
+    nnx-train --dataset cifar10 --data ~/datasets --resume     # continue runs/cifar10-...
+
+Every epoch appends one JSON object to ``OUT/log.jsonl`` (epoch, train_loss, train_acc,
+test_acc, lr, seconds, images_per_s) and atomically rewrites ``OUT/checkpoint.npz`` (model,
+optimizer, scheduler, loader position, RNG states, epoch, best accuracy, and the settings
+and model description ``nnx-eval`` needs); ``OUT/best.npz`` holds the model with the best
+test accuracy so far.
+
+Resuming (``--resume``) restores the settings saved in the checkpoint (model, data set,
+optimizer, schedule, batch size, seed, augmentation, ...), then the model, optimizer,
+scheduler, data-loader position and RNG states, and continues with the next step.  On the
+``cpu`` backend an interrupted and resumed run therefore ends with bit-identical weights to
+an uninterrupted one (on ``cuda`` too, if the backend can save its generator state;
+otherwise the augmentation generator is re-seeded from the position and the run continues
+correctly but not bit-identically).  ``--epochs`` may be raised on resume: the schedule is rebuilt for the
+new length and continued at the saved step (exact for ``--schedule none|step`` with
+``--warmup-epochs`` done; a cosine curve changes from that point; ``onecycle`` cannot be
+extended).
+
+Ctrl-C: the first one lets the current step finish, then saves ``checkpoint.npz`` with the
+state after that step (mid-epoch: the loader position and the partial epoch statistics are
+saved too) and exits with status 130; ``--resume`` continues with the next batch of the
+same epoch, exactly as if there had been no interruption.  A second Ctrl-C aborts at once
+without saving; the checkpoint of the last completed epoch (or step) stays intact.
+
+A NaN/inf loss stops training before the bad update with a message naming the epoch and
+step (exit status 3); the last checkpoint, written at the end of the last good epoch, is
+left intact.  If CIFAR-10 is neither cached nor downloadable, the tool explains how to use
+``--data`` or ``--dataset digits`` and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import backend as B
+
+_RESUMABLE_SETTINGS = ("model", "dataset", "batch_size", "optimizer", "lr", "momentum",
+                       "weight_decay", "nesterov", "schedule", "warmup_epochs", "step_size",
+                       "gamma", "augment", "seed", "max_steps_per_epoch", "label_smoothing",
+                       "epochs")
+_DEFAULT_EPOCHS = {"cifar10": 30, "digits": 10}
+_DEFAULT_BATCH = {"cifar10": 128, "digits": 32}
+_DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) became NaN/inf."""
+
+
+class ConfigError(ValueError):
+    """Inconsistent command-line settings."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C: a checkpoint was saved (or, on a second Ctrl-C, deliberately not)."""
+
+
+# ============================================================================ arguments
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnx-train", description="Train an image classifier with nnx.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=("simple_cnn", "resnet"), default="simple_cnn")
+    p.add_argument("--dataset", choices=("cifar10", "digits"), default="cifar10")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="CIFAR-10: a directory holding cifar-10-batches-py/ or the "
+                        ".tar.gz archive (default: $NNX_DATA or ~/.cache/nnx, downloading "
+                        "if needed)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download CIFAR-10 when it is not cached")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: 30 for cifar10, 10 for digits")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default: 128 for cifar10, 32 for digits")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 0.05 for sgd, 1e-3 for adam/adamw)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=("none", "step", "cosine", "onecycle"),
+                   default="cosine", help="learning-rate schedule, updated every step")
+    p.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear warm-up length (onecycle: its rising phase)")
+    p.add_argument("--step-size", type=int, default=None,
+                   help="--schedule step: epochs between decays (default: epochs // 3)")
+    p.add_argument("--gamma", type=float, default=0.1, help="--schedule step: decay factor")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (padding 4, or 1 for digits) and, for cifar10, "
+                        "horizontal flip (default: on for cifar10, off for digits)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--backend", choices=("cpu", "cuda"), default=None,
+                   help="default: $NNX_BACKEND or cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output directory (default: runs/DATASET-MODEL)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.npz with its saved settings")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate OUT/checkpoint.npz (accuracy, per-class F1, confusion "
+                        "matrix) and exit")
+    p.add_argument("--plot", action="store_true", help="write OUT/curves.png (matplotlib)")
+    p.add_argument("--max-steps-per-epoch", type=int, default=None,
+                   help="cut every epoch after this many steps (quick runs)")
+    p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                   help="auto: a tqdm bar on a terminal when tqdm is installed, else lines")
+    return p
+
+
+# ============================================================================ building blocks
+def build_transforms(ds, augment: bool):
+    from .data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
+    norm = Normalize(ds.mean, ds.std)
+    if not augment:
+        return norm, norm
+    if ds.name == "digits":   # small shifts only: mirrored digits are other symbols
+        train = Compose([RandomCrop(ds.image_size, padding=1), norm])
+    else:
+        train = Compose([RandomCrop(ds.image_size, padding=4), RandomHorizontalFlip(), norm])
+    return train, norm
+
+
+def build_optimizer(cfg: dict, model):
+    from . import optim
+    params = list(model.parameters())
+    if cfg["optimizer"] == "sgd":
+        return optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
+                         nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+    cls = optim.Adam if cfg["optimizer"] == "adam" else optim.AdamW
+    return cls(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def _schedule_class():
+    from .optim.lr_scheduler import LRScheduler
+
+    class StepwiseSchedule(LRScheduler):
+        """Per-step schedule: linear warm-up ``lr·(t+1)/W`` for ``t < W`` steps, then, with
+        ``u = t - W`` and ``U = T - W``: constant (``none``), ``lr·gamma^⌊u/S⌋`` (``step``)
+        or ``lr·(1 + cos(π u/U))/2`` (``cosine``).  Closed form in ``t``."""
+
+        def __init__(self, optimizer, kind, total_steps, warmup_steps=0, step_steps=1,
+                     gamma=0.1):
+            self.kind, self.total_steps = kind, int(total_steps)
+            self.warmup_steps, self.step_steps = int(warmup_steps), max(1, int(step_steps))
+            self.gamma = float(gamma)
+            super().__init__(optimizer)
+
+        def _lr_at(self, base_lr, t, i):
+            w = self.warmup_steps
+            if t < w:
+                return base_lr * (t + 1) / w
+            u, span = t - w, max(1, self.total_steps - w)
+            if self.kind == "step":
+                return base_lr * self.gamma ** (u // self.step_steps)
+            if self.kind == "cosine":
+                return base_lr * (1 + math.cos(math.pi * min(u, span) / span)) / 2
+            return base_lr
+
+    return StepwiseSchedule
+
+
+def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
+    from .optim.lr_scheduler import OneCycleLR
+    total = cfg["epochs"] * steps_per_epoch
+    warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
+    if cfg["schedule"] == "onecycle":
+        pct = warmup / total if warmup else 0.3
+        return OneCycleLR(optimizer, max_lr=cfg["lr"], total_steps=total,
+                          pct_start=min(max(pct, 1.0 / total), 0.9),
+                          cycle_momentum=cfg["optimizer"] == "sgd" and cfg["momentum"] > 0)
+    step_epochs = cfg["step_size"] or max(1, cfg["epochs"] // 3)
+    return _schedule_class()(optimizer, cfg["schedule"], total, warmup,
+                             step_epochs * steps_per_epoch, cfg["gamma"])
+
+
+def _all_finite(model) -> bool:
+    xp = B.get().xp
+    return all(bool(xp.isfinite(p.data).all()) for p in model.parameters())
+
+
+class _Progress:
+    """A tqdm bar when asked for / on a terminal, else a plain line every ~10 s."""
+
+    def __init__(self, mode, total, epoch, epochs):
+        self.bar = None
+        self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.last = time.perf_counter()
+        self.mode = mode
+        if mode in ("auto", "bar"):
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+                if mode == "bar":
+                    print("nnx-train: tqdm is not installed (pip install 'nnx[progress]'); "
+                          "printing plain progress lines", file=sys.stderr)
+            if tqdm is not None and (mode == "bar" or sys.stderr.isatty()):
+                self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", leave=False,
+                                unit="step", dynamic_ncols=True)
+            else:
+                self.mode = "lines"
+
+    def update(self, step, loss, img_s):
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}", refresh=False)
+            self.bar.update(step - self.bar.n)   # tqdm throttles the redraws itself
+        elif self.mode == "lines" and time.perf_counter() - self.last >= 10.0:
+            self.last = time.perf_counter()
+            print(f"  epoch {self.epoch}/{self.epochs} step {step}/{self.total} "
+                  f"loss {loss:.4f} {img_s:.0f} img/s", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _InterruptFlag:
+    """First Ctrl-C sets ``requested``; a second one raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nnnx-train: Ctrl-C: finishing this step and saving a checkpoint (press "
+              "Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _write_log(path: Path, records) -> None:
+    """Rewrite the JSON-lines log atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=".log.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def read_log(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(log_path, png_path) -> bool:
+    """Loss and accuracy curves from ``log.jsonl``; False (with a message) without
+    matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("nnx-train: --plot needs matplotlib (pip install 'nnx[plot]'); no curves "
+              "written", file=sys.stderr)
+        return False
+    rec = read_log(log_path)
+    ep = [r["epoch"] for r in rec]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(ep, [r["train_loss"] for r in rec], marker="o")
+    a1.set(xlabel="epoch", ylabel="train loss", title="loss")
+    a2.plot(ep, [r["train_acc"] for r in rec], marker="o", label="train")
+    a2.plot(ep, [r["test_acc"] for r in rec], marker="o", label="test")
+    a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    a2.legend()
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=Path(png_path).parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return True
+
+
+# ============================================================================ training
+def _config(args, saved: dict | None) -> dict:
+    """The run's settings: from the command line, or (resume) from the checkpoint."""
+    cfg = {k: getattr(args, k) for k in _RESUMABLE_SETTINGS}
+    if saved is not None:
+        requested_epochs = args.epochs
+        cfg.update({k: saved[k] for k in _RESUMABLE_SETTINGS if k in saved})
+        if requested_epochs is not None and requested_epochs != cfg["epochs"]:
+            if requested_epochs < cfg["epochs"] or cfg["schedule"] == "onecycle":
+                raise ConfigError(f"--epochs {requested_epochs}: the checkpoint was planned "
+                                 f"for {cfg['epochs']} epochs; a resumed run can only be "
+                                 "extended, and not with --schedule onecycle")
+            cfg["epochs"] = requested_epochs
+        return cfg
+    if cfg["epochs"] is None:
+        cfg["epochs"] = _DEFAULT_EPOCHS[cfg["dataset"]]
+    if cfg["batch_size"] is None:
+        cfg["batch_size"] = _DEFAULT_BATCH[cfg["dataset"]]
+    if cfg["lr"] is None:
+        cfg["lr"] = _DEFAULT_LR[cfg["optimizer"]]
+    if cfg["augment"] is None:
+        cfg["augment"] = cfg["dataset"] == "cifar10"
+    if cfg["epochs"] < 1 or cfg["batch_size"] < 1:
+        raise ConfigError("--epochs and --batch-size must be at least 1")
+    return cfg
+
+
+def train(args) -> dict:
+    """Run training as configured by parsed ``args``; returns a summary dict."""
+    import nnx
+    from . import models
+    from .checkpoint import load, save
+    from .data.datasets import get_dataset
+    from .data.loader import DataLoader
+    from .evaluate import format_report, predict
+    from .nn import CrossEntropyLoss
+
+    out = Path(args.out or f"runs/{args.dataset}-{args.model}")
+    ckpt_path = out / "checkpoint.npz"
+    log_path = out / "log.jsonl"
+    if args.backend:
+        B.use(args.backend)
+    be = B.get()
+
+    ck = None
+    if args.resume or args.eval_only:
+        if not ckpt_path.exists():
+            from .checkpoint import CheckpointError
+            raise CheckpointError(f"{'--resume' if args.resume else '--eval-only'}: no "
+                                  f"checkpoint at {ckpt_path} (set --out to the run's "
+                                  "directory)")
+        ck = load(ckpt_path)["extra"]
+        if args.resume and "settings" not in ck:
+            from .checkpoint import CheckpointError
+            raise CheckpointError(f"--resume: {ckpt_path} was not written by nnx-train (no "
+                                  "saved settings); it cannot be resumed")
+    if args.eval_only:
+        from .evaluate import evaluate_checkpoint
+        result, classes = evaluate_checkpoint(ckpt_path, None, args.data,
+                                              download=args.download)
+        print(format_report(result, classes))
+        return {"test_acc": result["accuracy"], "eval": result}
+
+    cfg = _config(args, ck["settings"] if ck else None)
+    ds = get_dataset(cfg["dataset"], args.data, download=args.download)
+    nnx.manual_seed(cfg["seed"])
+    model_kwargs = {"in_channels": ds.in_channels, "num_classes": ds.num_classes,
+                    "image_size": ds.image_size}
+    model = models.get(cfg["model"], **model_kwargs)
+    train_t, test_t = build_transforms(ds, cfg["augment"])
+    loader = DataLoader((ds.x_train, ds.y_train), cfg["batch_size"], shuffle=True,
+                        drop_last=False, seed=cfg["seed"], transform=train_t)
+    steps_per_epoch = len(loader)
+    if cfg["max_steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, cfg["max_steps_per_epoch"])
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    criterion = CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+
+    start_epoch, best_acc, partial, history = 0, 0.0, None, []
+    out.mkdir(parents=True, exist_ok=True)
+    if ck:
+        fixed = {k: getattr(scheduler, k) for k in ("total_steps",) if hasattr(scheduler, k)}
+        state = load(ckpt_path, model=model, optimizer=optimizer, restore_rng=True)
+        scheduler.load_state_dict(state["scheduler_state"])
+        scheduler.__dict__.update(fixed)   # a longer run (--epochs raised) keeps its length
+        loader.load_state_dict(ck["loader"])
+        start_epoch, best_acc, partial = ck["epochs_done"], ck["best_acc"], ck["partial"]
+        if "backend" not in (state["rng_state"] or {}):
+            # This backend cannot save its generator (e.g. CuPy): re-seed it from the
+            # position instead of replaying epoch 1's augmentation (not bit-exact).
+            be.manual_seed(cfg["seed"] * 1_000_003 + start_epoch * 10_007
+                           + (partial["step"] if partial else 0))
+        history = [r for r in read_log(log_path) if r["epoch"] <= start_epoch]
+        _write_log(log_path, history)     # drop lines of epochs the checkpoint lacks
+        where = (f"epoch {start_epoch + 1}, step {partial['step'] + 1}" if partial
+                 else f"epoch {start_epoch + 1}")
+        print(f"resuming {ckpt_path} at {where}", flush=True)
+    else:
+        if log_path.exists():
+            log_path.unlink()
+        if ckpt_path.exists():
+            print(f"note: starting a fresh run in {out} (use --resume to continue the "
+                  "saved one)", file=sys.stderr)
+
+    meta = {"model_spec": {"name": cfg["model"], "kwargs": model_kwargs},
+            "dataset": cfg["dataset"], "classes": list(ds.classes),
+            "normalize": {"mean": list(ds.mean), "std": list(ds.std)}, "settings": cfg}
+    print(f"{cfg['model']} ({model.num_parameters():,} parameters) on {ds.name} "
+          f"({len(ds.x_train)} train / {len(ds.x_test)} test images), backend {be.name}, "
+          f"{cfg['epochs']} epochs of {steps_per_epoch} steps, batch {cfg['batch_size']}, "
+          f"{cfg['optimizer']} lr {cfg['lr']}, schedule {cfg['schedule']}", flush=True)
+
+    def checkpoint(epochs_done, partial_state, test_acc):
+        save(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler,
+             rng_state=True, epochs_done=epochs_done, partial=partial_state,
+             best_acc=best_acc, test_acc=test_acc, loader=loader.state_dict(), **meta)
+
+    test_acc = history[-1]["test_acc"] if history else float("nan")
+    with _InterruptFlag() as stop:
+        for epoch in range(start_epoch, cfg["epochs"]):
+            if partial is None:
+                loader.set_epoch(epoch)
+                partial = {"step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0,
+                           "seconds": 0.0}
+            model.train()
+            progress = _Progress(args.progress, steps_per_epoch, epoch + 1, cfg["epochs"])
+            t0 = time.perf_counter()
+            loss_sum, seen, step = partial["loss_sum"], partial["seen"], partial["step"]
+            correct = partial["correct"]
+            lr_used = optimizer.param_groups[0]["lr"]
+            try:
+                for xb, yb in loader:
+                    step += 1
+                    logits = model(xb)
+                    loss = float(criterion(logits, yb))
+                    if not math.isfinite(loss):
+                        kept = (f"the last checkpoint {ckpt_path} is intact"
+                                if ckpt_path.exists() else "no checkpoint was written yet")
+                        raise TrainingDiverged(
+                            f"loss is {loss} at epoch {epoch + 1}, step {step} (lr "
+                            f"{optimizer.param_groups[0]['lr']:.4g}); stopped before the "
+                            f"update; {kept}. Try a lower --lr or --warmup-epochs.")
+                    optimizer.zero_grad()
+                    model.backward(criterion.backward())
+                    optimizer.step()
+                    lr_used = optimizer.param_groups[0]["lr"]
+                    scheduler.step()
+                    n = int(yb.shape[0])
+                    loss_sum += loss * n
+                    seen += n
+                    correct = correct + (logits.argmax(axis=1) == yb).sum()
+                    elapsed = partial["seconds"] + time.perf_counter() - t0
+                    progress.update(step, loss, seen / max(elapsed, 1e-9))
+                    if stop.requested and step < steps_per_epoch:
+                        partial = {"step": step, "loss_sum": loss_sum, "seen": seen,
+                                   "correct": int(correct), "seconds": elapsed}
+                        checkpoint(epoch, partial, test_acc)
+                        raise TrainingInterrupted(
+                            f"interrupted at epoch {epoch + 1}, step {step}; saved "
+                            f"{ckpt_path}. Continue with: nnx-train --out {out} --resume")
+                    if step >= steps_per_epoch:
+                        break
+            finally:
+                progress.close()
+            if be.name != "cpu":
+                be.synchronize()
+            train_seconds = partial["seconds"] + time.perf_counter() - t0
+            if not _all_finite(model):
+                raise TrainingDiverged(
+                    f"the weights became NaN/inf during epoch {epoch + 1} (last step "
+                    f"{step}); the checkpoint {ckpt_path} from the previous epoch is intact; "
+                    "try a lower --lr")
+            test_acc = float((predict(model, ds.x_test, 256, test_t) == ds.y_test).mean())
+            best_acc = max(best_acc, test_acc)
+            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                      "train_acc": int(correct) / max(seen, 1), "test_acc": test_acc,
+                      "lr": lr_used,
+                      "seconds": round(time.perf_counter() - t0 + partial["seconds"], 3),
+                      "images_per_s": round(seen / max(train_seconds, 1e-9), 1)}
+            partial = None
+            checkpoint(epoch + 1, None, test_acc)
+            if test_acc >= best_acc:
+                save(out / "best.npz", model=model, epochs_done=epoch + 1, best_acc=best_acc,
+                     test_acc=test_acc, **meta)
+            history.append(record)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {record['train_loss']:.4f} "
+                  f"acc {record['train_acc']:.4f} | test acc {test_acc:.4f} | lr "
+                  f"{record['lr']:.4g} | {record['seconds']:.1f}s, "
+                  f"{record['images_per_s']:.0f} img/s", flush=True)
+            if stop.requested:
+                raise TrainingInterrupted(
+                    f"interrupted after epoch {epoch + 1}; saved {ckpt_path}. Continue with: "
+                    f"nnx-train --out {out} --resume")
+
+    if args.plot:
+        plot_curves(log_path, out / "curves.png")
+    return {"test_acc": test_acc, "best_acc": best_acc, "history": history, "out": str(out),
+            "model": model}
+
+
+def main(argv=None):
+    """Console entry point.  Returns the final test accuracy when ``argv`` is given (for use
+    from Python and tests) and ``None`` when run as a script, so that the exit status is 0.
+    Errors exit with status 2 (data/checkpoint/usage), 3 (divergence) or 130 (Ctrl-C)."""
+    from .checkpoint import CheckpointError
+    from .data.errors import DataError
+    args = build_parser().parse_args(argv)
+    try:
+        result = train(args)
+    except (DataError, CheckpointError, ConfigError, B.BackendUnavailableError) as exc:
+        print(f"nnx-train: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except TrainingDiverged as exc:
+        print(f"nnx-train: training diverged: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+    except TrainingInterrupted as exc:
+        print(f"nnx-train: {exc}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        print("nnx-train: aborted; the last checkpoint (end of the last completed epoch, "
+              "or the last saved step) is intact; continue with --resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    return result["test_acc"] if argv is not None else None
+
+
+if __name__ == "__main__":
+    main()
