@@ -9,6 +9,10 @@ from .dtypes import get_default_dtype, set_default_dtype
 from .random import manual_seed
 from . import init, nn
 from .gradcheck import GradcheckError, gradcheck
+from .summary import Summary, summary
+from . import optim, metrics
+from .checkpoint import CheckpointError, load, save
 
 __all__ = ["backend", "nn", "init", "manual_seed", "gradcheck", "GradcheckError",
            "get_default_dtype", "set_default_dtype", "__version__"]
+__all__ += ["optim", "metrics", "save", "load", "CheckpointError"]

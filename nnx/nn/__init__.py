@@ -1,4 +1,13 @@
 """Layers, containers and losses (PyTorch names and shapes)."""
+from .batchnorm import BatchNorm1d, BatchNorm2d
+from .conv import Conv2d
+from .dropout import Dropout
+from .flatten import Flatten
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .residual import Add, Residual
+from .rnn import GRU, LSTM, RNN, detach_state
+from .rnn_cells import GRUCell, LSTMCell, RNNCell
+from .sequence_loss import SequenceCrossEntropyLoss, SequenceMSELoss
 from .activation import Arctan, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .container import Identity, Sequential
 from .linear import Linear
@@ -8,4 +17,8 @@ from .parameter import Parameter
 
 __all__ = ["Module", "Parameter", "Sequential", "Identity", "Linear", "ReLU", "LeakyReLU",
            "Sigmoid", "Tanh", "Arctan", "Softmax", "MSELoss", "L1Loss", "BCELoss",
-           "BCEWithLogitsLoss", "CrossEntropyLoss"]
+           "BCEWithLogitsLoss", "CrossEntropyLoss",
+           "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d",
+           "BatchNorm2d", "Dropout", "Flatten", "Residual", "Add"]
+__all__ += ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "detach_state",
+            "SequenceMSELoss", "SequenceCrossEntropyLoss"]

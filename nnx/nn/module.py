@@ -25,9 +25,12 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                "before assigning attributes")
+        is_buffer = name in self._buffers and not isinstance(value, (Parameter, Module))
         for table in (self._parameters, self._modules, self._buffers):
             table.pop(name, None)
-        if isinstance(value, Parameter):
+        if is_buffer:  # reassigning a buffer (e.g. `self.running_mean *= m`) keeps it one
+            self._buffers[name] = True
+        elif isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
             self._modules[name] = value

@@ -1,0 +1,158 @@
+"""2-D convolution as im2col + one matrix product per group."""
+from __future__ import annotations
+
+import math
+
+from .. import backend as B
+from .. import dtypes, init
+from .functional import as_input
+from .module import Module
+from .parameter import Parameter
+
+
+def _pair(v, name):
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(a) for a in v)
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+    return t
+
+
+class Conv2d(Module):
+    r"""Cross-correlation of ``x (N, C, H, W)`` with ``W (O, C/g, KH, KW)`` (PyTorch's Conv2d)::
+
+        y[n,o,oh,ow] = b[o] + Σ_{c∈group(o), i, j} W[o,c,i,j] · xpad[n, c, oh·sh + i·dh, ow·sw + j·dw]
+        OH = (H + 2·ph - dh·(KH-1) - 1) // sh + 1      (same for OW)
+
+    Computed as ``Y_g = W_g.reshape(O/g, -1) @ cols_g`` with ``cols = im2col(x)`` of shape
+    ``(C·KH·KW, N·OH·OW)`` (layout in ``nnx/backend/base.py``).  With ``δ = dL/dy`` arranged
+    as ``D (O, N·OH·OW)``, backward is (seeds: ∂L/∂W[o,c,u,v] = Σ δ[o,i,j]·X[c, i+u, j+v])::
+
+        dL/dW_g = D_g @ cols_gᵀ      dL/db = Σ_{n,oh,ow} δ      dL/dx = col2im(W_gᵀ @ D_g)
+
+    Initialisation is PyTorch's: kaiming_uniform(a=√5) for W, i.e. ``U(±1/√fan_in)``, and
+    ``b ~ U(±1/√fan_in)`` with ``fan_in = (C/g)·KH·KW``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, dtype=None):
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.groups = int(groups)
+        if self.groups < 1:
+            raise ValueError(f"groups must be positive, got {groups}")
+        for name, n in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if n % self.groups:
+                raise ValueError(f"Conv2d: {name}={n} is not divisible by groups={self.groups}")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1:
+            raise ValueError("Conv2d: kernel_size, stride and dilation must be positive")
+        if min(self.padding) < 0:
+            raise ValueError(f"Conv2d: padding must be non-negative, got {self.padding}")
+        xp = B.get().xp
+        dt = dtypes.resolve(dtype)
+        kh, kw = self.kernel_size
+        self.weight = Parameter(xp.empty((self.out_channels, self.in_channels // self.groups,
+                                          kh, kw), dtype=dt))
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if bias:
+            fan_in = (self.in_channels // self.groups) * kh * kw
+            self.bias = Parameter(xp.empty((self.out_channels,), dtype=dt))
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            init.uniform_(self.bias, -bound, bound)
+        else:
+            self.bias = None
+        self._ctx = None
+
+    def output_shape(self, input_shape):
+        """``(N, O, OH, OW)`` for an input of shape ``(N, C, H, W)``."""
+        n, _, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
+                                                  self.dilation)
+        return (n, self.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+
+    def _check(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"Conv2d expects a 4-D input (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"Conv2d expects {self.in_channels} input channels, got "
+                             f"{x.shape[1]} (input shape {tuple(x.shape)})")
+        _, _, oh, ow = self.output_shape(x.shape)
+        if oh < 1 or ow < 1:
+            (kh, kw), (dh, dw), (ph, pw) = self.kernel_size, self.dilation, self.padding
+            raise ValueError(
+                f"Conv2d: kernel {kh}x{kw} (dilation {dh}x{dw}, effective "
+                f"{dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}) is larger than the padded input "
+                f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw}")
+
+    def forward(self, x):
+        x = as_input(x, self.weight.data.dtype, "Conv2d")
+        self._check(x)
+        be = B.get()
+        xp = be.xp
+        n = x.shape[0]
+        _, o, oh, ow = self.output_shape(x.shape)
+        cols = be.im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        w2 = self.weight.data.reshape(o, -1)
+        if self.groups == 1:
+            y = w2 @ cols                                                  # (O, N*OH*OW)
+        else:
+            g, og, rows = self.groups, o // self.groups, w2.shape[1]
+            y = xp.empty((o, cols.shape[1]), dtype=x.dtype)
+            for k in range(g):
+                xp.matmul(w2[k * og:(k + 1) * og], cols[k * rows:(k + 1) * rows],
+                          out=y[k * og:(k + 1) * og])
+        y = y.reshape(o, n, oh, ow)
+        out = xp.empty((n, o, oh, ow), dtype=x.dtype)
+        if self.bias is not None:
+            xp.add(y.transpose(1, 0, 2, 3), self.bias.data.reshape(1, o, 1, 1), out=out)
+        else:
+            out[...] = y.transpose(1, 0, 2, 3)
+        self._ctx = (cols, x.shape)
+        return out
+
+    def backward(self, dy):
+        if self._ctx is None:
+            raise RuntimeError("Conv2d.backward called before forward")
+        cols, x_shape = self._ctx
+        be = B.get()
+        xp = be.xp
+        o = self.out_channels
+        # (N, O, OH, OW) -> (O, N*OH*OW), one copy
+        d2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, -1)
+        if self.bias is not None:
+            self.bias.accumulate(d2.sum(axis=1))
+        w2 = self.weight.data.reshape(o, -1)
+        if self.groups == 1:
+            self.weight.accumulate((d2 @ cols.T).reshape(self.weight.data.shape))
+            dcols = w2.T @ d2
+        else:
+            g, og, rows = self.groups, o // self.groups, w2.shape[1]
+            dw = xp.empty_like(w2)
+            dcols = xp.empty_like(cols)
+            for k in range(g):
+                ds, cs = slice(k * og, (k + 1) * og), slice(k * rows, (k + 1) * rows)
+                xp.matmul(d2[ds], cols[cs].T, out=dw[ds])
+                xp.matmul(w2[ds].T, d2[ds], out=dcols[cs])
+            self.weight.accumulate(dw.reshape(self.weight.data.shape))
+        return be.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding,
+                         self.dilation)
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s

@@ -1,0 +1,114 @@
+"""Reference CNN (268,650 parameters), its summary and receptive fields, the small ResNet,
+and loading a PyTorch state_dict."""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import models
+from nnx.nn import CrossEntropyLoss
+
+
+def test_simple_cnn_parameter_count_matches_seeds(backend):
+    m = models.get("simple_cnn")
+    assert m.num_parameters() == 268_650
+    per_layer = {name: int(sum(p.size for p in mod.parameters()))
+                 for name, mod in m.named_children()}
+    assert (per_layer["conv1"], per_layer["conv2"], per_layer["fc1"], per_layer["fc2"]) == \
+        (448, 4_640, 262_272, 1_290)
+
+
+def test_summary_shapes_and_receptive_fields(backend):
+    s = nnx.summary(models.SimpleCNN(), (3, 32, 32))
+    assert s.total_params == 268_650
+    shapes = [r.output_shape for r in s.rows]
+    assert shapes == [(1, 16, 32, 32)] * 2 + [(1, 16, 16, 16)] + [(1, 32, 16, 16)] * 2 + \
+        [(1, 32, 8, 8), (1, 2048), (1, 128), (1, 128), (1, 10)]
+    rf = {r.name: r.rf for r in s.rows}
+    # r_out = r_in + (k-1)·d·j_in, j_out = j_in·s, start_out = start_in + ((k-1)d/2 - p)·j_in
+    assert (rf["conv1"].size, rf["conv1"].jump, rf["conv1"].start) == ((3, 3), (1, 1), (0, 0))
+    assert (rf["pool1"].size, rf["pool1"].jump, rf["pool1"].start) == ((4, 4), (2, 2),
+                                                                       (0.5, 0.5))
+    assert (rf["conv2"].size, rf["conv2"].jump) == ((8, 8), (2, 2))
+    assert (rf["pool2"].size, rf["pool2"].jump, rf["pool2"].start) == ((10, 10), (4, 4),
+                                                                       (1.5, 1.5))
+    assert rf["fc1"] is None and s["fc2"].params == 1_290
+    text = str(s)
+    assert "268,650" in text and "(1, 32, 8, 8)" in text and "global" in text
+
+
+def test_summary_dilation_stride_and_training_flags(backend):
+    m = nnx.nn.Sequential(nnx.nn.Conv2d(1, 2, 3, stride=2, padding=2, dilation=2),
+                          nnx.nn.BatchNorm2d(2), nnx.nn.MaxPool2d(2))
+    s = nnx.summary(m, (2, 1, 9, 9))
+    assert s.rows[0].output_shape == (2, 2, 5, 5)
+    assert s.rows[0].rf.size == (5, 5) and s.rows[0].rf.jump == (2, 2)
+    assert s.rows[0].rf.start == (0, 0)                      # (3-1)·2/2 - 2 = 0
+    assert s.rows[2].rf.size == (7, 7) and s.rows[2].rf.jump == (4, 4)
+    assert m.training and m[1].training
+    assert int(m[1].num_batches_tracked) == 0               # forward ran in eval mode
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "resnet"])
+def test_models_on_digits_and_cifar(backend, rng, name):
+    for c, size, n in [(1, 8, 3), (3, 32, 2)]:
+        m = models.get(name, in_channels=c, num_classes=10, image_size=size)
+        x = rng.standard_normal((n, c, size, size)).astype(np.float32)
+        y = m(x)
+        assert y.shape == (n, 10) and y.dtype == np.float32
+        loss = CrossEntropyLoss()
+        loss(y, backend.asarray(np.arange(n) % 10))
+        dx = m.backward(loss.backward())
+        assert dx.shape == x.shape
+        assert all(p.grad is not None and p.grad.shape == p.shape for p in m.parameters())
+
+
+def test_resnet_summary_and_state_dict(backend):
+    m = models.get("resnet", width=8)
+    s = nnx.summary(m, (3, 16, 16))
+    assert s.rows[-1].output_shape == (1, 10)
+    assert s["layer3.0.res"].output_shape == (1, 32, 4, 4)
+    assert s["layer1.0.res"].rf.size == (7, 7)
+    keys = list(m.state_dict())
+    assert "layer2.0.res.shortcut.bn.running_var" in keys
+    assert "layer1.0.res.body.bn1.num_batches_tracked" in keys
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get("vgg")
+
+
+def test_residual_block_gradcheck(backend, rng):
+    block = models.BasicBlock(2, 3, stride=2).double()
+    x = rng.standard_normal((2, 2, 4, 3))
+    nnx.gradcheck(block, (x,), atol=1e-6, rtol=1e-4)
+    block.eval()
+    nnx.gradcheck(models.BasicBlock(2, 2).double().eval(), (x,), atol=1e-6, rtol=1e-4)
+
+
+def test_simple_cnn_loads_torch_state_dict(backend, rng):
+    torch = pytest.importorskip("torch")
+    tn = torch.nn
+    torch.manual_seed(0)
+    ref = tn.Sequential(OrderedDict([
+        ("conv1", tn.Conv2d(3, 16, 3, padding=1)), ("relu1", tn.ReLU()),
+        ("pool1", tn.MaxPool2d(2)), ("conv2", tn.Conv2d(16, 32, 3, padding=1)),
+        ("relu2", tn.ReLU()), ("pool2", tn.MaxPool2d(2)), ("flatten", tn.Flatten()),
+        ("fc1", tn.Linear(2048, 128)), ("relu3", tn.ReLU()), ("fc2", tn.Linear(128, 10))]))
+    m = models.SimpleCNN()
+    assert list(m.state_dict()) == list(ref.state_dict())
+    m.load_state_dict({k: v.numpy() for k, v in ref.state_dict().items()})
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    labels = np.array([1, 0, 9, 3])
+    loss = CrossEntropyLoss()
+    out = loss(m(x), backend.asarray(labels))
+    m.zero_grad()
+    m.backward(loss.backward())
+    tx = torch.tensor(x)
+    tout = tn.functional.cross_entropy(ref(tx), torch.tensor(labels))
+    tout.backward()
+    np.testing.assert_allclose(float(out), float(tout.detach()), rtol=1e-5)
+    np.testing.assert_allclose(backend.to_numpy(m(x)), ref(tx).detach().numpy(), atol=1e-5)
+    grads = dict(m.named_parameters())
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(backend.to_numpy(grads[name].grad), p.grad.numpy(),
+                                   atol=1e-5, rtol=1e-4, err_msg=name)
