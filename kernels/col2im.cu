@@ -1,0 +1,52 @@
+// col2im, the adjoint of im2col, as a gather: one thread per input pixel (n,c,h,w) sums the
+// cols entries of every kernel tap (i,j) whose window position hits it.  No atomics, so the
+// result is deterministic.  Tap (i,j) of output (oh,ow) reads h = oh*sh - ph + i*dh, hence
+// oh = (h + ph - i*dh) / sh when that is a non-negative multiple of sh below OH.
+
+template <typename T>
+__device__ __forceinline__ void col2im_body(long long total, int N, int C, int H, int W, int KH,
+                                            int KW, int OH, int OW, int sh, int sw, int ph, int pw,
+                                            int dh, int dw, const T* __restrict__ cols,
+                                            T* __restrict__ x) {
+    const long long L = (long long)N * OH * OW;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += stride) {
+        const int w = (int)(idx % W);
+        const long long t = idx / W;
+        const int h = (int)(t % H);
+        const long long t2 = t / H;
+        const long long c = t2 % C;
+        const long long n = t2 / C;
+        T acc = T(0);
+        for (int i = 0; i < KH; ++i) {
+            const int hp = h + ph - i * dh;
+            if (hp < 0) break;  // hp only decreases with i
+            if (hp % sh != 0) continue;
+            const int oh = hp / sh;
+            if (oh >= OH) continue;
+            for (int j = 0; j < KW; ++j) {
+                const int wp = w + pw - j * dw;
+                if (wp < 0) break;
+                if (wp % sw != 0) continue;
+                const int ow = wp / sw;
+                if (ow >= OW) continue;
+                const long long row = (c * KH + i) * KW + j;
+                acc += cols[row * L + (n * OH + oh) * OW + ow];
+            }
+        }
+        x[idx] = acc;
+    }
+}
+
+extern "C" __global__ void col2im_f32(long long total, int N, int C, int H, int W, int KH, int KW,
+                                      int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw,
+                                      const float* __restrict__ cols, float* __restrict__ x) {
+    col2im_body<float>(total, N, C, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, cols, x);
+}
+
+extern "C" __global__ void col2im_f64(long long total, int N, int C, int H, int W, int KH, int KW,
+                                      int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw,
+                                      const double* __restrict__ cols, double* __restrict__ x) {
+    col2im_body<double>(total, N, C, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, cols, x);
+}

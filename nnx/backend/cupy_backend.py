@@ -1,0 +1,419 @@
+"""The CUDA backend: CuPy arrays plus nnx's own kernels (``kernels/*.cu``).
+
+Every fused operation of :class:`~nnx.backend.base.Backend` runs as one of our kernels,
+dispatched on dtype (``<name>_f32`` / ``<name>_f64``; other dtypes raise ``TypeError``) and
+compiled lazily by :mod:`nnx.backend.kernel_loader`.  Inputs are made C-contiguous first (the
+kernels index flat memory).  Kernel scalars are passed as NumPy scalars of the exact C type
+(CuPy would turn a Python float into a C ``double``).
+
+Construction fails with :class:`BackendUnavailableError` (one line, no chained traceback)
+when CuPy is missing or no CUDA device/driver is present.  The device is the constructor's
+``device`` argument, else ``$NNX_DEVICE`` (``1`` or ``cuda:1``), else device 0.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import kernel_loader as kl
+from .base import Backend
+from .errors import BackendMismatchError, BackendUnavailableError
+
+_FLOAT_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_i32, _i64 = np.int32, np.int64
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except ModuleNotFoundError:
+        raise BackendUnavailableError(
+            "the 'cuda' backend needs CuPy, which is not installed: pip install "
+            "'nnx[cuda12]' (CUDA 12) or 'nnx[cuda13]' (CUDA 13)") from None
+    except Exception as exc:  # a broken install: missing CUDA libraries, ABI mismatch...
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BackendUnavailableError(f"the 'cuda' backend could not import CuPy: {first}") \
+            from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BackendUnavailableError(
+            f"the 'cuda' backend found no usable CUDA GPU/driver ({first}); use "
+            "NNX_BACKEND=cpu") from None
+    if count == 0:
+        raise BackendUnavailableError(
+            "the 'cuda' backend found no CUDA GPU (0 devices); use NNX_BACKEND=cpu")
+    return cupy, count
+
+
+def _parse_device(device) -> int:
+    if device is None:
+        device = os.environ.get("NNX_DEVICE", "0").strip() or "0"
+    if isinstance(device, str):
+        text = device.lower()
+        text = text.split(":", 1)[1] if text.startswith("cuda:") else text
+        try:
+            return int(text)
+        except ValueError:
+            raise BackendUnavailableError(
+                f"bad CUDA device {device!r}: use an index such as 0 or 'cuda:1'") from None
+    return int(device)
+
+
+class CupyBackend(Backend):
+    """CuPy arrays on one CUDA device, with nnx's fused kernels."""
+
+    name = "cuda"
+    xp = None  # set to the cupy module by __init__
+
+    def __init__(self, device=None):
+        cupy, count = _import_cupy()
+        index = _parse_device(device)
+        if not 0 <= index < count:
+            raise BackendUnavailableError(
+                f"CUDA device {index} requested (NNX_DEVICE or device=) but only {count} "
+                f"device(s) found")
+        self.xp = cupy
+        self.device = cupy.cuda.Device(index)
+        self.device.use()
+        self._rng = cupy.random.RandomState(0)
+
+    # ---------------------------------------------------------------- helpers
+    def _native(self, x, what):
+        if not isinstance(x, self.xp.ndarray):
+            if isinstance(x, np.ndarray):
+                raise BackendMismatchError(
+                    f"{what}: got a NumPy (host) array on the 'cuda' backend; move it with "
+                    "nnx.backend.get().asarray(x)")
+            raise TypeError(f"{what}: expected a CuPy array, got {type(x).__name__}")
+        return self.xp.ascontiguousarray(x)
+
+    def _sfx(self, x, what):
+        try:
+            return _FLOAT_SUFFIX[np.dtype(x.dtype)]
+        except KeyError:
+            raise TypeError(f"{what}: the cuda kernels support float32 and float64, got "
+                            f"{x.dtype}") from None
+
+    def _same(self, ref, x, what, shape=None):
+        x = self._native(x, what)
+        if x.dtype != ref.dtype:
+            raise TypeError(f"{what}: dtype {x.dtype} does not match {ref.dtype}")
+        if shape is not None and tuple(x.shape) != tuple(shape):
+            raise ValueError(f"{what}: shape {tuple(x.shape)} does not match expected "
+                             f"{tuple(shape)}")
+        return x
+
+    @staticmethod
+    def _launch(stem, name, n, args):
+        if n > 0:
+            grid, block = kl.launch_config(n)
+            kl.get_kernel(stem, name)(grid, block, args)
+
+    # ---------------------------------------------------------------- arrays
+    def asarray(self, x, dtype=None):
+        return self.xp.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        if isinstance(x, self.xp.ndarray):
+            return self.xp.asnumpy(x)
+        return np.asarray(x)
+
+    def is_native(self, x) -> bool:
+        return isinstance(x, self.xp.ndarray)
+
+    def synchronize(self) -> None:
+        self.device.synchronize()
+
+    def memory_info(self) -> dict:
+        """Bytes held by CuPy's memory pool (``used``/``total``) and the device's free/total."""
+        pool = self.xp.get_default_memory_pool()
+        free, total = self.xp.cuda.runtime.memGetInfo()
+        return {"pool_used_bytes": int(pool.used_bytes()),
+                "pool_total_bytes": int(pool.total_bytes()),
+                "device_free_bytes": int(free), "device_total_bytes": int(total)}
+
+    # ---------------------------------------------------------------- random
+    def manual_seed(self, seed: int) -> None:
+        self._rng = self.xp.random.RandomState(int(seed))
+
+    def random(self, shape, dtype="float32"):
+        dt = np.dtype(dtype)
+        if dt in (np.float32, np.float64):
+            return self._rng.random_sample(shape, dtype=dt)
+        return self._rng.random_sample(shape).astype(dt)
+
+    def randint(self, low, high, shape):
+        return self._rng.randint(low, high, size=shape, dtype=np.int64)
+
+    # ---------------------------------------------------------------- element-wise
+    def _unary(self, stem, kname, a, b, what):
+        a = self._native(a, what)
+        sfx = self._sfx(a, what)
+        b = self._same(a, b, what, a.shape)
+        out = self.xp.empty_like(a)
+        self._launch(stem, f"{kname}_{sfx}", a.size, (_i64(a.size), a, b, out))
+        return out
+
+    def tanh_backward(self, y, gy):
+        return self._unary("tanh_backward", "tanh_backward", y, gy, "tanh_backward")
+
+    def relu_backward(self, y, gy):
+        return self._unary("relu", "relu_backward", y, gy, "relu_backward")
+
+    def relu(self, x):
+        x = self._native(x, "relu")
+        sfx = self._sfx(x, "relu")
+        out = self.xp.empty_like(x)
+        self._launch("relu", f"relu_{sfx}", x.size, (_i64(x.size), x, out))
+        return out
+
+    def bias_relu(self, x, b):
+        x = self._native(x, "bias_relu")
+        sfx = self._sfx(x, "bias_relu")
+        if x.ndim < 2:
+            raise ValueError(f"bias_relu: x must have at least 2 dims (N, C, ...), got "
+                             f"shape {tuple(x.shape)}")
+        channels = x.shape[1]
+        b = self._same(x, b, "bias_relu bias", (channels,))
+        inner = int(np.prod(x.shape[2:], dtype=np.int64))
+        out = self.xp.empty_like(x)
+        self._launch("relu", f"bias_relu_{sfx}", x.size,
+                     (_i64(x.size), _i64(channels), _i64(max(inner, 1)), x, b, out))
+        return out
+
+    # ---------------------------------------------------------------- losses
+    def _sce_inputs(self, logits, labels, what):
+        z = self._native(logits, what)
+        sfx = self._sfx(z, what)
+        if z.ndim != 2 or z.shape[1] == 0:
+            raise ValueError(f"{what}: logits must be (N, C) with C >= 1, got {tuple(z.shape)}")
+        lab = self.xp.ascontiguousarray(self.xp.asarray(labels), dtype=self.xp.int64)
+        if lab.shape != (z.shape[0],):
+            raise ValueError(f"{what}: labels shape {tuple(lab.shape)} does not match "
+                             f"({z.shape[0]},)")
+        return z, lab, sfx
+
+    def softmax_cross_entropy_forward(self, logits, labels, label_smoothing=0.0):
+        z, lab, sfx = self._sce_inputs(logits, labels, "softmax_cross_entropy_forward")
+        n, c = z.shape
+        loss = self.xp.empty(n, dtype=z.dtype)
+        if n:
+            grid, block = kl.rows_config(n, c)
+            kl.get_kernel("softmax_cross_entropy", f"softmax_cross_entropy_forward_{sfx}")(
+                grid, block, (_i64(n), _i32(c), z, lab, z.dtype.type(label_smoothing), loss))
+        return loss
+
+    def softmax_cross_entropy_backward(self, logits, labels, label_smoothing, row_scale):
+        z, lab, sfx = self._sce_inputs(logits, labels, "softmax_cross_entropy_backward")
+        n, c = z.shape
+        scale = self.xp.ascontiguousarray(
+            self.xp.broadcast_to(self.xp.asarray(row_scale, dtype=z.dtype), (n,)))
+        grad = self.xp.empty_like(z)
+        if n:
+            grid, block = kl.rows_config(n, c)
+            kl.get_kernel("softmax_cross_entropy", f"softmax_cross_entropy_backward_{sfx}")(
+                grid, block, (_i64(n), _i32(c), z, lab, z.dtype.type(label_smoothing), scale,
+                              grad))
+        return grad
+
+    # ---------------------------------------------------------------- conv and pooling
+    @staticmethod
+    def _geometry(x_shape, kernel, stride, padding, dilation=(1, 1)):
+        if len(x_shape) != 4:
+            raise ValueError(f"expected an NCHW shape (4 dims), got {tuple(x_shape)}")
+        n, c, h, w = (int(v) for v in x_shape)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise ValueError(
+                f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "
+                f"{h + 2 * ph}x{w + 2 * pw} (input {h}x{w}, padding {ph}x{pw})")
+        return n, c, h, w, oh, ow
+
+    def im2col(self, x, kernel, stride, padding, dilation):
+        x = self._native(x, "im2col")
+        sfx = self._sfx(x, "im2col")
+        n, c, h, w, oh, ow = self._geometry(x.shape, kernel, stride, padding, dilation)
+        cols = self.xp.empty((c * kernel[0] * kernel[1], n * oh * ow), dtype=x.dtype)
+        geo = [_i32(v) for v in (n, c, h, w, *kernel, oh, ow, *stride, *padding, *dilation)]
+        self._launch("im2col", f"im2col_{sfx}", cols.size, (_i64(cols.size), *geo, x, cols))
+        return cols
+
+    def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
+        cols = self._native(cols, "col2im")
+        sfx = self._sfx(cols, "col2im")
+        n, c, h, w, oh, ow = self._geometry(x_shape, kernel, stride, padding, dilation)
+        expect = (c * kernel[0] * kernel[1], n * oh * ow)
+        if tuple(cols.shape) != expect:
+            raise ValueError(f"col2im: cols shape {tuple(cols.shape)} does not match {expect}")
+        x = self.xp.empty((n, c, h, w), dtype=cols.dtype)
+        geo = [_i32(v) for v in (n, c, h, w, *kernel, oh, ow, *stride, *padding, *dilation)]
+        self._launch("col2im", f"col2im_{sfx}", x.size, (_i64(x.size), *geo, cols, x))
+        return x
+
+    def _pool_geo(self, x_shape, kernel, stride, padding):
+        if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
+            raise ValueError(f"pooling padding {tuple(padding)} must be at most half the kernel "
+                             f"size {tuple(kernel)}")
+        n, c, h, w, oh, ow = self._geometry(x_shape, kernel, stride, padding)
+        geo = tuple(_i32(v) for v in (h, w, oh, ow, *kernel, *stride, *padding))
+        return (n, c, h, w), (n, c, oh, ow), geo
+
+    def maxpool2d_forward(self, x, kernel, stride, padding):
+        """``saved`` is the int32 arg-max (flat index ``h*W + w`` into each input plane)."""
+        x = self._native(x, "maxpool2d_forward")
+        sfx = self._sfx(x, "maxpool2d_forward")
+        _, yshape, geo = self._pool_geo(x.shape, kernel, stride, padding)
+        y = self.xp.empty(yshape, dtype=x.dtype)
+        arg = self.xp.empty(yshape, dtype=self.xp.int32)
+        self._launch("pooling", f"maxpool2d_forward_{sfx}", y.size,
+                     (_i64(y.size), *geo, x, y, arg))
+        return y, arg
+
+    def maxpool2d_backward(self, gy, saved, x_shape, kernel, stride, padding):
+        gy = self._native(gy, "maxpool2d_backward")
+        sfx = self._sfx(gy, "maxpool2d_backward")
+        xshape, yshape, geo = self._pool_geo(x_shape, kernel, stride, padding)
+        if tuple(gy.shape) != yshape:
+            raise ValueError(f"maxpool2d_backward: gy shape {tuple(gy.shape)} does not match "
+                             f"{yshape}")
+        arg = self.xp.ascontiguousarray(saved, dtype=self.xp.int32)
+        gx = self.xp.empty(xshape, dtype=gy.dtype)
+        self._launch("pooling", f"maxpool2d_backward_{sfx}", gx.size,
+                     (_i64(gx.size), *geo, gy, arg, gx))
+        return gx
+
+    def avgpool2d_forward(self, x, kernel, stride, padding, count_include_pad=True):
+        x = self._native(x, "avgpool2d_forward")
+        sfx = self._sfx(x, "avgpool2d_forward")
+        _, yshape, geo = self._pool_geo(x.shape, kernel, stride, padding)
+        y = self.xp.empty(yshape, dtype=x.dtype)
+        self._launch("pooling", f"avgpool2d_forward_{sfx}", y.size,
+                     (_i64(y.size), *geo, _i32(bool(count_include_pad)), x, y))
+        return y
+
+    def avgpool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad=True):
+        gy = self._native(gy, "avgpool2d_backward")
+        sfx = self._sfx(gy, "avgpool2d_backward")
+        xshape, yshape, geo = self._pool_geo(x_shape, kernel, stride, padding)
+        if tuple(gy.shape) != yshape:
+            raise ValueError(f"avgpool2d_backward: gy shape {tuple(gy.shape)} does not match "
+                             f"{yshape}")
+        gx = self.xp.empty(xshape, dtype=gy.dtype)
+        self._launch("pooling", f"avgpool2d_backward_{sfx}", gx.size,
+                     (_i64(gx.size), *geo, _i32(bool(count_include_pad)), gy, gx))
+        return gx
+
+    # ---------------------------------------------------------------- recurrent cells
+    def lstm_cell_forward(self, gates, c_prev):
+        """``saved = (act, c_prev, c)`` with ``act`` the activated gates ``(N,4H)``."""
+        gates = self._native(gates, "lstm_cell_forward gates")
+        sfx = self._sfx(gates, "lstm_cell_forward")
+        if gates.ndim != 2 or gates.shape[1] % 4:
+            raise ValueError(f"lstm_cell_forward: gates must be (N, 4H), got "
+                             f"{tuple(gates.shape)}")
+        n, hid = gates.shape[0], gates.shape[1] // 4
+        c_prev = self._same(gates, c_prev, "lstm_cell_forward c_prev", (n, hid))
+        h = self.xp.empty((n, hid), dtype=gates.dtype)
+        c = self.xp.empty_like(h)
+        act = self.xp.empty_like(gates)
+        self._launch("lstm_cell", f"lstm_cell_forward_{sfx}", h.size,
+                     (_i64(h.size), _i64(hid), gates, c_prev, h, c, act))
+        return h, c, (act, c_prev, c)
+
+    def lstm_cell_backward(self, dh, dc, saved):
+        """``dh`` or ``dc`` may be None (zero)."""
+        act, c_prev, c = saved
+        sfx = self._sfx(c, "lstm_cell_backward")
+        n, hid = c.shape
+        dh_ = c if dh is None else self._same(c, dh, "lstm_cell_backward dh", (n, hid))
+        dc_ = c if dc is None else self._same(c, dc, "lstm_cell_backward dc", (n, hid))
+        dgates = self.xp.empty_like(act)
+        dc_prev = self.xp.empty_like(c)
+        self._launch("lstm_cell", f"lstm_cell_backward_{sfx}", c.size,
+                     (_i64(c.size), _i64(hid), dh_, dc_, _i32(dh is not None),
+                      _i32(dc is not None), act, c_prev, c, dgates, dc_prev))
+        return dgates, dc_prev
+
+    def gru_cell_forward(self, gi, gh, h_prev):
+        """``saved = (packed, h_prev)``, ``packed (N,4H) = [r | z | n | gh_n]``."""
+        gi = self._native(gi, "gru_cell_forward gi")
+        sfx = self._sfx(gi, "gru_cell_forward")
+        if gi.ndim != 2 or gi.shape[1] % 3:
+            raise ValueError(f"gru_cell_forward: gi must be (N, 3H), got {tuple(gi.shape)}")
+        n, hid = gi.shape[0], gi.shape[1] // 3
+        gh = self._same(gi, gh, "gru_cell_forward gh", gi.shape)
+        h_prev = self._same(gi, h_prev, "gru_cell_forward h_prev", (n, hid))
+        h = self.xp.empty((n, hid), dtype=gi.dtype)
+        packed = self.xp.empty((n, 4 * hid), dtype=gi.dtype)
+        self._launch("gru_cell", f"gru_cell_forward_{sfx}", h.size,
+                     (_i64(h.size), _i64(hid), gi, gh, h_prev, h, packed))
+        return h, (packed, h_prev)
+
+    def gru_cell_backward(self, dh, saved):
+        packed, h_prev = saved
+        sfx = self._sfx(h_prev, "gru_cell_backward")
+        n, hid = h_prev.shape
+        dh = self._same(h_prev, dh, "gru_cell_backward dh", (n, hid))
+        dgi = self.xp.empty((n, 3 * hid), dtype=h_prev.dtype)
+        dgh = self.xp.empty_like(dgi)
+        dh_prev = self.xp.empty_like(h_prev)
+        self._launch("gru_cell", f"gru_cell_backward_{sfx}", dh.size,
+                     (_i64(dh.size), _i64(hid), dh, packed, h_prev, dgi, dgh, dh_prev))
+        return dgi, dgh, dh_prev
+
+    # ---------------------------------------------------------------- optimizers
+    def _inplace(self, arr, what):
+        """A contiguous array to update in place, plus whether it must be copied back."""
+        if not isinstance(arr, self.xp.ndarray):
+            raise BackendMismatchError(f"{what}: expected a CuPy array, got {type(arr).__name__}")
+        if arr.flags.c_contiguous:
+            return arr, False
+        return self.xp.ascontiguousarray(arr), True
+
+    def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                   weight_decay=0.0, first_step=False):
+        sfx = self._sfx(param, "sgd_update")
+        p, p_copy = self._inplace(param, "sgd_update param")
+        g = self._same(p, grad, "sgd_update grad", p.shape)
+        if momentum:
+            if buf is None:
+                raise ValueError("sgd_update: momentum needs a buffer (buf is None)")
+            b, b_copy = self._inplace(buf, "sgd_update buf")
+            self._same(p, b, "sgd_update buf", p.shape)
+        else:
+            b, b_copy = p, False  # never read when use_momentum == 0
+        t = p.dtype.type
+        self._launch("optim", f"sgd_update_{sfx}", p.size,
+                     (_i64(p.size), p, g, b, t(lr), t(momentum), t(1 - dampening),
+                      t(weight_decay), _i32(bool(nesterov)), _i32(bool(first_step)),
+                      _i32(bool(momentum))))
+        if p_copy:
+            param[...] = p
+        if b_copy:
+            buf[...] = b
+
+    def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
+                    decoupled=False):
+        sfx = self._sfx(param, "adam_update")
+        p, p_copy = self._inplace(param, "adam_update param")
+        g = self._same(p, grad, "adam_update grad", p.shape)
+        m_, m_copy = self._inplace(m, "adam_update m")
+        v_, v_copy = self._inplace(v, "adam_update v")
+        self._same(p, m_, "adam_update m", p.shape)
+        self._same(p, v_, "adam_update v", p.shape)
+        mode = 0 if not weight_decay else (2 if decoupled else 1)
+        t = p.dtype.type
+        bc1 = 1 - beta1 ** step
+        bc2 = 1 - beta2 ** step
+        self._launch("optim", f"adam_update_{sfx}", p.size,
+                     (_i64(p.size), p, g, m_, v_, t(beta1), t(1 - beta1), t(beta2),
+                      t(1 - beta2), t(eps), t(weight_decay), t(1 - lr * weight_decay),
+                      t(lr / bc1), t(bc2), _i32(mode)))
+        for copied, dst, src in ((p_copy, param, p), (m_copy, m, m_), (v_copy, v, v_)):
+            if copied:
+                dst[...] = src

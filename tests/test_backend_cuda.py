@@ -1,0 +1,238 @@
+"""CupyBackend vs the NumPy reference backend, method by method, on the same random inputs.
+
+Runs twice:
+* ``cuda`` (marked ``gpu``): the real backend on a GPU; skipped here with the conftest's
+  reason when CuPy or a GPU is missing.
+* ``sim``: the same CupyBackend code with ``tests/cuda_sim/fake_cupy.py`` standing in for
+  CuPy, so every kernel launch goes through the CPU simulator of the CUDA grid.  The fake
+  rejects any kernel argument whose C type is wrong (e.g. a Python float for a ``float``), and
+  its ``empty`` memory is NaN-poisoned.  Needs g++.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backend import kernel_loader
+from nnx.backend.errors import BackendMismatchError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "cuda_sim"))
+import simbuild  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(scope="module", params=[pytest.param("cuda", marks=pytest.mark.gpu), "sim"])
+def gpu(request, tmp_path_factory):
+    if request.param == "cuda":
+        try:
+            yield nnx.backend.create("cuda")
+        except Exception as exc:  # same logic as conftest's backend fixture
+            pytest.skip(f"cuda backend unavailable: {str(exc).splitlines()[0]}")
+        return
+    if simbuild.gxx() is None:
+        pytest.skip("g++ not found: cannot simulate the CUDA backend")
+    import fake_cupy
+    fake_cupy.BUILD_DIR = tmp_path_factory.mktemp("fake_cupy_build")
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = fake_cupy
+    kernel_loader.clear_cache()
+    try:
+        from nnx.backend.cupy_backend import CupyBackend
+        yield CupyBackend()
+    finally:
+        kernel_loader.clear_cache()
+        if saved is None:
+            sys.modules.pop("cupy", None)
+        else:
+            sys.modules["cupy"] = saved
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return nnx.backend.create("cpu")
+
+
+def tol(dtype, loose=False):
+    if dtype == np.float32:
+        return dict(rtol=1e-4, atol=1e-5) if loose else dict(rtol=2e-5, atol=2e-6)
+    return dict(rtol=1e-10, atol=1e-12)
+
+
+def check(gpu, got, want, dtype, loose=False):
+    got = gpu.to_numpy(got)
+    assert isinstance(got, np.ndarray) and got.dtype == np.dtype(dtype), got.dtype
+    np.testing.assert_allclose(got, want, **tol(dtype, loose))
+
+
+# ------------------------------------------------------------------ arrays, random, errors
+def test_arrays_and_random(gpu, rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    d = gpu.asarray(x)
+    assert gpu.is_native(d) and not gpu.is_native(x) and d.dtype == np.float32
+    np.testing.assert_array_equal(gpu.to_numpy(d), x)
+    assert gpu.asarray(x, dtype=np.float64).dtype == np.float64
+    gpu.manual_seed(3)
+    a = gpu.to_numpy(gpu.random((5, 7)))
+    gpu.manual_seed(3)
+    assert np.array_equal(a, gpu.to_numpy(gpu.random((5, 7))))
+    assert a.dtype == np.float32 and (a >= 0).all() and (a < 1).all()
+    assert gpu.random(4, dtype="float64").dtype == np.float64
+    r = gpu.to_numpy(gpu.randint(2, 9, (100,)))
+    assert r.dtype == np.int64 and r.min() >= 2 and r.max() < 9
+    gpu.synchronize()
+    info = gpu.memory_info()
+    assert {"pool_used_bytes", "pool_total_bytes"} <= set(info)
+
+
+def test_dtype_and_mismatch_errors(gpu):
+    with pytest.raises(TypeError, match="float16"):
+        gpu.relu(gpu.asarray(np.ones(3, np.float16)))
+    with pytest.raises(BackendMismatchError, match="NumPy"):
+        gpu.relu(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"\(3,\)"):
+        gpu.bias_relu(gpu.asarray(np.ones((2, 4), np.float32)), gpu.asarray(np.ones(3, np.float32)))
+
+
+# ------------------------------------------------------------------ element-wise
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise(gpu, cpu, rng, dtype):
+    x = rng.standard_normal((4, 5, 3, 7)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    y = np.tanh(x)
+    check(gpu, gpu.tanh_backward(gpu.asarray(y), gpu.asarray(gy)), cpu.tanh_backward(y, gy), dtype)
+    check(gpu, gpu.relu(gpu.asarray(x)), cpu.relu(x), dtype)
+    check(gpu, gpu.bias_relu(gpu.asarray(x), gpu.asarray(b)), cpu.bias_relu(x, b), dtype)
+    x2 = x[:, :, 0, 0].copy()
+    check(gpu, gpu.bias_relu(gpu.asarray(x2), gpu.asarray(b)), cpu.bias_relu(x2, b), dtype)
+    r = cpu.relu(x)
+    check(gpu, gpu.relu_backward(gpu.asarray(r), gpu.asarray(gy)), cpu.relu_backward(r, gy), dtype)
+    # non-contiguous input
+    xt = gpu.asarray(x).transpose(0, 1, 3, 2)
+    check(gpu, gpu.relu(xt), cpu.relu(x.transpose(0, 1, 3, 2)), dtype)
+
+
+# ------------------------------------------------------------------ loss
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,c", [(1, 1), (7, 10), (5, 301)])
+@pytest.mark.parametrize("s", [0.0, 0.2])
+def test_softmax_cross_entropy(gpu, cpu, rng, dtype, n, c, s):
+    z = (rng.standard_normal((n, c)) * 3 + 20).astype(dtype)
+    labels = rng.integers(0, c, n)
+    scale = (rng.random(n) / n).astype(dtype)
+    check(gpu, gpu.softmax_cross_entropy_forward(gpu.asarray(z), gpu.asarray(labels), s),
+          cpu.softmax_cross_entropy_forward(z, labels, s), dtype, loose=True)
+    check(gpu, gpu.softmax_cross_entropy_backward(gpu.asarray(z), gpu.asarray(labels), s,
+                                                  gpu.asarray(scale)),
+          cpu.softmax_cross_entropy_backward(z, labels, s, scale), dtype, loose=True)
+
+
+# ------------------------------------------------------------------ conv and pooling
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,k,s,p,d", [((2, 3, 7, 9), (3, 3), (1, 1), (1, 1), (1, 1)),
+                                           ((1, 2, 11, 8), (3, 2), (2, 3), (2, 1), (2, 1))])
+def test_im2col_col2im(gpu, cpu, rng, dtype, shape, k, s, p, d):
+    x = rng.standard_normal(shape).astype(dtype)
+    cols = cpu.im2col(x, k, s, p, d)
+    check(gpu, gpu.im2col(gpu.asarray(x), k, s, p, d), cols, dtype)
+    g = rng.standard_normal(cols.shape).astype(dtype)
+    check(gpu, gpu.col2im(gpu.asarray(g), shape, k, s, p, d), cpu.col2im(g, shape, k, s, p, d),
+          dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,k,s,p", [((2, 3, 7, 9), (3, 3), (2, 2), (1, 1)),
+                                         ((1, 2, 8, 5), (2, 3), (1, 2), (0, 1)),
+                                         ((2, 2, 6, 6), (2, 2), (2, 2), (0, 0))])
+def test_pooling(gpu, cpu, rng, dtype, shape, k, s, p):
+    x = rng.standard_normal(shape).astype(dtype)
+    y, saved = cpu.maxpool2d_forward(x, k, s, p)
+    gy_, gsaved = gpu.maxpool2d_forward(gpu.asarray(x), k, s, p)
+    check(gpu, gy_, y, dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    check(gpu, gpu.maxpool2d_backward(gpu.asarray(g), gsaved, shape, k, s, p),
+          cpu.maxpool2d_backward(g, saved, shape, k, s, p), dtype)
+    for inc in (True, False):
+        check(gpu, gpu.avgpool2d_forward(gpu.asarray(x), k, s, p, inc),
+              cpu.avgpool2d_forward(x, k, s, p, inc), dtype)
+        check(gpu, gpu.avgpool2d_backward(gpu.asarray(g), shape, k, s, p, inc),
+              cpu.avgpool2d_backward(g, shape, k, s, p, inc), dtype)
+
+
+# ------------------------------------------------------------------ recurrent cells
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,H", [(1, 1), (3, 37)])
+def test_lstm_cell(gpu, cpu, rng, dtype, n, H):
+    gates = (rng.standard_normal((n, 4 * H)) * 2).astype(dtype)
+    c_prev, dh, dc = (rng.standard_normal((n, H)).astype(dtype) for _ in range(3))
+    h, c, saved = cpu.lstm_cell_forward(gates, c_prev)
+    gh_, gc_, gsaved = gpu.lstm_cell_forward(gpu.asarray(gates), gpu.asarray(c_prev))
+    check(gpu, gh_, h, dtype)
+    check(gpu, gc_, c, dtype)
+    for a, b in ((dh, dc), (None, dc), (dh, None)):
+        want = cpu.lstm_cell_backward(a, b, saved)
+        got = gpu.lstm_cell_backward(None if a is None else gpu.asarray(a),
+                                     None if b is None else gpu.asarray(b), gsaved)
+        for g_, w_ in zip(got, want):
+            check(gpu, g_, w_, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,H", [(1, 1), (3, 37)])
+def test_gru_cell(gpu, cpu, rng, dtype, n, H):
+    gi, gh = ((rng.standard_normal((n, 3 * H)) * 2).astype(dtype) for _ in range(2))
+    h_prev, dh = (rng.standard_normal((n, H)).astype(dtype) for _ in range(2))
+    h, saved = cpu.gru_cell_forward(gi, gh, h_prev)
+    gh_out, gsaved = gpu.gru_cell_forward(gpu.asarray(gi), gpu.asarray(gh), gpu.asarray(h_prev))
+    check(gpu, gh_out, h, dtype)
+    for g_, w_ in zip(gpu.gru_cell_backward(gpu.asarray(dh), gsaved),
+                      cpu.gru_cell_backward(dh, saved)):
+        check(gpu, g_, w_, dtype)
+
+
+# ------------------------------------------------------------------ optimizers
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, first_step=True),
+                                dict(momentum=0.9, dampening=0.1, weight_decay=1e-2),
+                                dict(momentum=0.8, nesterov=True, weight_decay=1e-3)])
+def test_sgd_update(gpu, cpu, rng, dtype, kw):
+    p, g, buf = (rng.standard_normal((33, 17)).astype(dtype) for _ in range(3))
+    dp, dbuf = gpu.asarray(p), gpu.asarray(buf)
+    has_buf = bool(kw.get("momentum"))
+    for _ in range(2):  # two steps: the buffer carries over
+        cpu.sgd_update(p, g, buf if has_buf else None, 0.1, **kw)
+        gpu.sgd_update(dp, gpu.asarray(g), dbuf if has_buf else None, 0.1, **kw)
+        kw = {**kw, "first_step": False}
+    check(gpu, dp, p, dtype)
+    check(gpu, dbuf, buf, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("wd,decoupled", [(0.0, False), (1e-2, False), (1e-2, True)])
+def test_adam_update(gpu, cpu, rng, dtype, wd, decoupled):
+    p, g = (rng.standard_normal(1001).astype(dtype) for _ in range(2))
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    dp, dm, dv = gpu.asarray(p), gpu.asarray(m), gpu.asarray(v)
+    for step in (1, 2, 3):
+        cpu.adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, wd, step, decoupled=decoupled)
+        gpu.adam_update(dp, gpu.asarray(g), dm, dv, 1e-2, 0.9, 0.999, 1e-8, wd, step,
+                        decoupled=decoupled)
+    for a, b in ((dp, p), (dm, m), (dv, v)):
+        check(gpu, a, b, dtype, loose=True)
+
+
+def test_optimizer_updates_non_contiguous_param(gpu, cpu, rng):
+    base = rng.standard_normal((6, 8))
+    g = rng.standard_normal((8, 6))
+    p = base.T.copy()
+    dbase = gpu.asarray(base)
+    dp = dbase.T  # a non-contiguous view must still be updated in place
+    cpu.sgd_update(p, g, None, 0.5)
+    gpu.sgd_update(dp, gpu.asarray(g), None, 0.5)
+    check(gpu, dbase.T, p, np.float64)
