@@ -2,8 +2,10 @@
 // Scalars arrive in the parameter's dtype, precomputed on the host exactly as the NumPy
 // reference rounds them (e.g. one_minus_dampening = T(1 - dampening), step_size = T(lr/bc1)).
 //
-// SGD (PyTorch):  g = grad + wd*param
-//                 buf = g if first_step else momentum*buf + (1-dampening)*g
+// SGD:            g = grad + wd*param
+//                 buf = (1-dampening)*g if first_step else momentum*buf + (1-dampening)*g
+//                 (buf starts at 0: PyTorch's rule when dampening == 0, the seeds' EMA when
+//                 dampening == momentum)
 //                 d = g + momentum*buf if nesterov else buf      (d = g when !use_momentum)
 //                 param -= lr*d
 // Adam/AdamW:     wd_mode 0: none; 1: L2 (g = grad + wd*param); 2: decoupled
@@ -26,7 +28,7 @@ __device__ __forceinline__ void sgd_body(long long n, T* __restrict__ param,
         if (weight_decay != T(0)) g += weight_decay * p;
         T d = g;
         if (use_momentum) {
-            const T b = first_step ? g : momentum * buf[i] + one_minus_dampening * g;
+            const T b = first_step ? one_minus_dampening * g : momentum * buf[i] + one_minus_dampening * g;
             buf[i] = b;
             d = nesterov ? g + momentum * b : b;
         }

@@ -90,6 +90,18 @@ def test_arrays_and_random(gpu, rng):
     assert {"pool_used_bytes", "pool_total_bytes"} <= set(info)
 
 
+def test_rng_state_round_trip(gpu):
+    # checkpoints store rng_state(); restoring it must replay the same draws (exact resume)
+    gpu.manual_seed(11)
+    gpu.random((3,))
+    state = gpu.rng_state()
+    a, b = gpu.to_numpy(gpu.random((4, 5))), gpu.to_numpy(gpu.randint(0, 100, (6,)))
+    assert not np.array_equal(a, gpu.to_numpy(gpu.random((4, 5))))  # draws advance
+    gpu.set_rng_state(state)
+    np.testing.assert_array_equal(gpu.to_numpy(gpu.random((4, 5))), a)
+    np.testing.assert_array_equal(gpu.to_numpy(gpu.randint(0, 100, (6,))), b)
+
+
 def test_dtype_and_mismatch_errors(gpu):
     with pytest.raises(TypeError, match="float16"):
         gpu.relu(gpu.asarray(np.ones(3, np.float16)))
@@ -199,6 +211,7 @@ def test_gru_cell(gpu, cpu, rng, dtype, n, H):
 # ------------------------------------------------------------------ optimizers
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, first_step=True),
+                                dict(momentum=0.5, dampening=0.5, first_step=True),
                                 dict(momentum=0.9, dampening=0.1, weight_decay=1e-2),
                                 dict(momentum=0.8, nesterov=True, weight_decay=1e-3)])
 def test_sgd_update(gpu, cpu, rng, dtype, kw):

@@ -469,6 +469,7 @@ def test_rnn_cells_vs_backend(sim, cpu, rng):
 
 # ------------------------------------------------------------------ optimizers
 SGD_CASES = [dict(momentum=0.0), dict(momentum=0.9, first_step=True),
+             dict(momentum=0.9, dampening=0.9, first_step=True),
              dict(momentum=0.9, dampening=0.1, weight_decay=1e-2),
              dict(momentum=0.8, nesterov=True, weight_decay=1e-3)]
 

@@ -33,7 +33,7 @@ def ref_sgd(lr, momentum=0.0, dampening=0.0, nesterov=False, wd=0.0):
     for grad in GRADS:
         g = grad + wd * p
         if momentum:
-            buf = g.copy() if buf is None else momentum * buf + (1 - dampening) * g
+            buf = (1 - dampening) * g if buf is None else momentum * buf + (1 - dampening) * g
             d = g + momentum * buf if nesterov else buf
         else:
             d = g
@@ -96,19 +96,33 @@ def test_sgd_momentum_pytorch_form_by_hand(backend):
 
 
 def test_sgd_momentum_ema_form_by_hand(backend):
-    # dampening = momentum: m = b m + (1-b) g from the second step on; the first step is
-    # PyTorch's buf = g (the seeds' m_0 = 0 form would give (1-b) g_0 instead).
+    # dampening = momentum is exactly the seeds' EMA: m_0 = 0, m = b m + (1-b) g.
     b, lr = 0.8, 0.05
-    m1 = GRADS[0]
+    m1 = (1 - b) * GRADS[0]
     m2 = b * m1 + (1 - b) * GRADS[1]
     m3 = b * m2 + (1 - b) * GRADS[2]
     expected = P0 - lr * (m1 + m2 + m3)
     got = run_nnx(lambda ps: SGD(ps, lr=lr, momentum=b, dampening=b), backend)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-    seeds_form = P0 - lr * ((1 - b) * GRADS[0] + (b * (1 - b) * GRADS[0] + (1 - b) * GRADS[1])
-                            + (b * b * (1 - b) * GRADS[0] + b * (1 - b) * GRADS[1]
-                               + (1 - b) * GRADS[2]))
-    assert not np.allclose(got, seeds_form)  # the documented first-step difference
+    pytorch_form = P0 - lr * (GRADS[0] + (b * GRADS[0] + (1 - b) * GRADS[1])
+                              + (b * (b * GRADS[0] + (1 - b) * GRADS[1]) + (1 - b) * GRADS[2]))
+    assert not np.allclose(got, pytorch_form)  # PyTorch's undampened first step differs
+
+
+@pytest.mark.torch
+def test_sgd_dampening_differs_from_torch_only_in_first_step(backend):
+    # torch sets buf = g on step 1 even with dampening; nnx uses (1-d) g (buffer from zero).
+    torch = pytest.importorskip("torch")
+    b, d, lr = 0.9, 0.5, 0.1
+    tp = torch.nn.Parameter(torch.tensor(P0.copy()))
+    topt = torch.optim.SGD([tp], lr=lr, momentum=b, dampening=d)
+    for g in GRADS:
+        tp.grad = torch.tensor(g.copy())
+        topt.step()
+    got = run_nnx(lambda ps: SGD(ps, lr=lr, momentum=b, dampening=d), backend)
+    # torch's extra first-step buffer d*g_0 is carried as b^(t-1) d g_0 into each step t
+    extra = lr * d * GRADS[0] * (1 + b + b * b)
+    np.testing.assert_allclose(got, tp.detach().numpy() + extra, rtol=1e-10, atol=1e-12)
 
 
 def test_sgd_nesterov_and_weight_decay_by_hand(backend):
@@ -168,7 +182,6 @@ def test_rmsprop_by_hand(backend, kw):
 TORCH_CASES = [
     ("SGD", dict(lr=0.1)),
     ("SGD", dict(lr=0.1, momentum=0.9)),
-    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.9)),
     ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
     ("Adam", dict(lr=0.01)),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),

@@ -148,11 +148,11 @@ class Backend(ABC):
     @abstractmethod
     def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                    weight_decay=0.0, first_step=False):
-        """PyTorch's SGD update of ``param`` in place (``buf`` updated in place, may be None
-        when ``momentum == 0``)::
+        """SGD update of ``param`` in place (``buf`` updated in place, may be None when
+        ``momentum == 0``)::
 
             g = grad + weight_decay * param
-            buf = g if first_step else momentum*buf + (1-dampening)*g
+            buf = (1-dampening)*g if first_step else momentum*buf + (1-dampening)*g
             d = g + momentum*buf if nesterov else buf          (d = g when momentum == 0)
             param -= lr * d
         """

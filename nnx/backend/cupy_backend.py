@@ -78,7 +78,7 @@ class CupyBackend(Backend):
         self.xp = cupy
         self.device = cupy.cuda.Device(index)
         self.device.use()
-        self._rng = cupy.random.RandomState(0)
+        self.manual_seed(0)
 
     # ---------------------------------------------------------------- helpers
     def _native(self, x, what):
@@ -136,17 +136,31 @@ class CupyBackend(Backend):
                 "device_free_bytes": int(free), "device_total_bytes": int(total)}
 
     # ---------------------------------------------------------------- random
+    # cuRAND generators cannot export their state, so each draw uses a generator seeded from
+    # (seed, draw counter): the pair is the whole state, which makes checkpoints resumable.
     def manual_seed(self, seed: int) -> None:
-        self._rng = self.xp.random.RandomState(int(seed))
+        self._seed, self._draws = int(seed), 0
+
+    def _next_rng(self):
+        self._draws += 1
+        mixed = (self._seed * 0x9E3779B97F4A7C15 + self._draws) % (2 ** 63)
+        return self.xp.random.RandomState(mixed)
+
+    def rng_state(self):
+        return {"seed": self._seed, "draws": self._draws}
+
+    def set_rng_state(self, state):
+        self._seed, self._draws = int(state["seed"]), int(state["draws"])
 
     def random(self, shape, dtype="float32"):
         dt = np.dtype(dtype)
+        rs = self._next_rng()
         if dt in (np.float32, np.float64):
-            return self._rng.random_sample(shape, dtype=dt)
-        return self._rng.random_sample(shape).astype(dt)
+            return rs.random_sample(shape, dtype=dt)
+        return rs.random_sample(shape).astype(dt)
 
     def randint(self, low, high, shape):
-        return self._rng.randint(low, high, size=shape, dtype=np.int64)
+        return self._next_rng().randint(low, high, size=shape, dtype=np.int64)
 
     # ---------------------------------------------------------------- element-wise
     def _unary(self, stem, kname, a, b, what):

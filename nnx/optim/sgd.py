@@ -5,22 +5,23 @@ from .optimizer import Optimizer, check_hyper, required
 
 
 class SGD(Optimizer):
-    r"""PyTorch's SGD, update by update (the arithmetic runs in ``backend.sgd_update``)::
+    r"""SGD with momentum, update by update (the arithmetic runs in ``backend.sgd_update``)::
 
         g   = grad + weight_decay * θ
-        buf = g                                   on the first step (no dampening!)
-        buf = momentum * buf + (1 - dampening) * g   afterwards
+        buf = momentum * buf + (1 - dampening) * g      (buf starts at 0)
         d   = g + momentum * buf  if nesterov  else  buf        (d = g when momentum == 0)
         θ  -= lr * d
 
     **Seeds' EMA momentum.**  The seeds write momentum as an exponential moving average
-    ``m_{t+1} = β m_t + (1-β) g_t`` with ``m_0 = 0``, ``θ -= α m_{t+1}``.  ``SGD(params, lr=α,
-    momentum=β, dampening=β)`` gives exactly this recursion from the second step on, but —
-    like PyTorch — its first step sets ``buf = g`` instead of ``(1-β) g``.  So the EMA form
-    here is the seeds' with ``m_0 = g_0/(1-β)`` in place of 0: the first step is ``1/(1-β)``
-    times larger than the seeds' and the difference decays as ``β^t``.  With
-    ``dampening=0`` (the default) ``buf`` is PyTorch's plain sum-of-gradients momentum, which
-    equals ``1/(1-β)`` times the EMA in steady state; use a correspondingly smaller ``lr``.
+    ``m_{t+1} = β m_t + (1-β) g_t`` with ``m_0 = 0``, ``θ -= α m_{t+1}``: that is exactly
+    ``SGD(params, lr=α, momentum=β, dampening=β)``.
+
+    **PyTorch.**  With ``dampening=0`` (the default) every step equals ``torch.optim.SGD``'s.
+    PyTorch's first step sets ``buf = g`` even when ``dampening > 0``; here it is
+    ``(1 - dampening) g`` (the buffer starting at zero), which is what makes the EMA form
+    exact.  So with ``dampening > 0`` the two differ, by a first-step term that decays as
+    ``momentum^t``.  Plain momentum (``dampening=0``) equals ``1/(1-β)`` times the EMA in
+    steady state; use a correspondingly smaller ``lr`` when switching between the forms.
     """
 
     def __init__(self, params, lr=required, momentum=0.0, dampening=0.0, nesterov=False,
