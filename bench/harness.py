@@ -23,14 +23,105 @@ def set_threads(n: int | None) -> int:
     n = n or os.cpu_count() or 1
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
+    # OpenBLAS worker threads otherwise busy-wait ~2^28 cycles (~0.1 s) after every GEMM:
+    # in an interleaved A/B run they steal the cores PyTorch's step runs on next (measured:
+    # PyTorch 19 -> 39 ms on 2 cores).  2^4 cycles makes them sleep at once; nnx pays ~4%.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     return n
 
 
-def summarize(samples_s):
+def pin_threads(n: int) -> dict:
+    """After importing NumPy: enforce ``n`` BLAS threads with threadpoolctl when it is
+    installed (it is optional; the environment set by :func:`set_threads` is the fallback)
+    and report what the BLAS libraries use."""
+    info = {"requested": n, "env": os.environ.get("OPENBLAS_NUM_THREADS")}
+    try:
+        import threadpoolctl
+    except ImportError:
+        info["threadpoolctl"] = None
+        return info
+    global _THREADPOOL_LIMIT  # keep the limiter alive for the whole run
+    _THREADPOOL_LIMIT = threadpoolctl.threadpool_limits(limits=n)
+    info["threadpoolctl"] = threadpoolctl.__version__
+    info["pools"] = [{"api": p.get("internal_api"), "threads": p.get("num_threads"),
+                      "version": p.get("version")} for p in threadpoolctl.threadpool_info()]
+    return info
+
+
+_THREADPOOL_LIMIT = None
+
+
+def add_common_args(parser, default_repeats: int):
+    """Arguments shared by the bench scripts (parsed before NumPy is imported)."""
+    parser.add_argument("--backend", default="cpu", choices=["cpu", "cuda"],
+                        help="nnx backend to time (default cpu)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for BLAS and PyTorch (default: all cores)")
+    parser.add_argument("--repeats", type=int, default=default_repeats,
+                        help=f"timed repetitions per measurement (default {default_repeats})")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs")
+    parser.add_argument("--quick", action="store_true", help="few small sizes, for a smoke run")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--out", default=None, help="result directory (default bench/results)")
+    parser.add_argument("--tag", default=None, help="suffix for the result file names")
+    return parser
+
+
+def import_torch(enabled: bool, threads: int, device: str):
+    """PyTorch with ``threads`` intra-op threads, or ``(None, reason)`` when unavailable."""
+    if not enabled:
+        return None, "disabled with --no-torch"
+    try:
+        import torch
+    except ImportError as e:
+        return None, f"PyTorch not importable ({e})"
+    torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        return None, f"PyTorch {torch.__version__} has no CUDA device"
+    return torch, None
+
+
+def make_sync(backend):
+    """Clock-read barrier for the nnx backend (a no-op on the CPU)."""
+    return backend.synchronize
+
+
+def torch_sync(torch, device: str):
+    if device == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def gpu_pool_bytes(backend):
+    """The backend's ``memory_info()`` (CuPy pool bytes) when it has one, else None."""
+    fn = getattr(backend, "memory_info", None)
+    if fn is None:
+        return None
+    try:
+        return fn()
+    except Exception as e:  # a broken device query must not lose the timings
+        return {"error": str(e)}
+
+
+def paired_ratio(samples_a_ms, samples_b_ms) -> dict:
+    """Ratio A/B from interleaved rounds: median of the per-round ratios, with its IQR, and
+    the ratio of the medians."""
+    r = sorted(a / b for a, b in zip(samples_a_ms, samples_b_ms) if b > 0)
+    if not r:
+        return {}
+    q = statistics.quantiles(r, n=4) if len(r) >= 4 else [r[0], statistics.median(r), r[-1]]
+    return {"median": statistics.median(r), "q1": q[0], "q3": q[2],
+            "of_medians": statistics.median(samples_a_ms) / statistics.median(samples_b_ms)}
+
+
+def summarize(samples_s, keep_samples=False):
     xs = sorted(samples_s)
     q = statistics.quantiles(xs, n=4) if len(xs) >= 4 else [xs[0], statistics.median(xs), xs[-1]]
-    return {"median_ms": 1e3 * statistics.median(xs), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2],
-            "min_ms": 1e3 * xs[0], "repeats": len(xs)}
+    out = {"median_ms": 1e3 * statistics.median(xs), "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2],
+           "min_ms": 1e3 * xs[0], "repeats": len(xs)}
+    if keep_samples:  # in run order, for paired ratios
+        out["samples_ms"] = [round(1e3 * t, 4) for t in samples_s]
+    return out
 
 
 def time_fn(fn, sync, warmup=3, repeats=20, min_time_s=0.0):
@@ -50,21 +141,31 @@ def time_fn(fn, sync, warmup=3, repeats=20, min_time_s=0.0):
     return summarize(samples)
 
 
-def time_interleaved(fns: dict, syncs: dict, warmup=3, repeats=20):
-    """Time several callables A, B, ... in rounds A B A B ... so drift affects all alike."""
+def time_interleaved(fns: dict, syncs: dict, warmup=3, repeats=20, budget_s=None):
+    """Time several callables A, B, ... in rounds A B A B ... so drift affects all alike.
+
+    The order inside a round alternates (A B, B A, ...) so neither side always runs right
+    after the other's cache pollution.  ``budget_s`` caps the timed phase: at least 5 rounds
+    (or ``repeats`` if fewer) run, then rounds stop once the budget is spent.  Each summary
+    keeps its ``samples_ms`` in round order (for :func:`paired_ratio`)."""
     for name, fn in fns.items():
         for _ in range(warmup):
             fn()
         syncs[name]()
     samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    start = time.perf_counter()
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
             syncs[name]()
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             syncs[name]()
             samples[name].append(time.perf_counter() - t0)
-    return {name: summarize(s) for name, s in samples.items()}
+        if budget_s is not None and r + 1 >= min(5, repeats) and \
+                time.perf_counter() - start > budget_s:
+            break
+    return {name: summarize(s, keep_samples=True) for name, s in samples.items()}
 
 
 def peak_rss_mb() -> float:
@@ -91,7 +192,8 @@ def machine(backend) -> dict:
     info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__,
             "backend": backend.name,
-            "threads": os.environ.get("OMP_NUM_THREADS")}
+            "threads": os.environ.get("OMP_NUM_THREADS"),
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}
     try:
         import nnx
         info["nnx"] = nnx.__version__
@@ -128,6 +230,15 @@ def write_results(name: str, payload: dict, markdown: str, out_dir=None) -> tupl
         os.replace(tmp, path)
         paths.append(path)
     return tuple(paths)
+
+
+def fmt_time(summary: dict) -> str:
+    """``median [q1-q3] ms``."""
+    return (f"{summary['median_ms']:.2f} [{summary['q1_ms']:.2f}-{summary['q3_ms']:.2f}]")
+
+
+def fmt_ratio(r: dict) -> str:
+    return f"{r['median']:.2f} [{r['q1']:.2f}-{r['q3']:.2f}]" if r else "-"
 
 
 def markdown_table(header, rows) -> str:

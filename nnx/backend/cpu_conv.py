@@ -11,13 +11,45 @@ injective, so adjoint/backward passes may use ``+=`` on the slice without index 
 overlapping windows accumulate across offsets.
 
 Layouts (see ``base.py``): ``cols (C*KH*KW, N*OH*OW)`` with row ``(c*KH+i)*KW+j`` and column
-``(n*OH+oh)*OW+ow``.  We write into the view ``cols.reshape(C, KH, KW, N, OH, OW)`` from the
-channel-major padded input ``(C, N, Hp, Wp)``, so the innermost copies run along ``OW``.
+``(n*OH+oh)*OW+ow``.  im2col copies, in ONE call, a strided 6-D view ``(C, KH, KW, N, OH, OW)``
+of the padded input into ``cols.reshape(C, KH, KW, N, OH, OW)`` (innermost runs along ``OW``);
+col2im adds the ``KH*KW`` slices into a channel-major padded buffer ``(C, N, Hp, Wp)``.
+The 2x2/stride-2 max pool (the CNNs' case) has a two-pass fast path.
 Dtypes are preserved (float32 stays float32).
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+# Per-thread scratch arrays (padding buffers) reused across calls, keyed by shape and dtype:
+# im2col's zero border is written once instead of every call.  Scratch arrays never escape to
+# callers.  The cache is dropped when it would grow past _SCRATCH_LIMIT bytes.
+_SCRATCH_LIMIT = 512 * 2 ** 20
+_local = threading.local()
+
+
+def _scratch(tag, shape, dtype, zero=True):
+    """A reusable array for ``tag``; zero-filled when created (callers that rely on parts of
+    it staying zero never write there)."""
+    cache = getattr(_local, "bufs", None)
+    if cache is None:
+        cache = _local.bufs = {}
+    key = (tag, tuple(shape), np.dtype(dtype).str)
+    buf = cache.get(key)
+    if buf is None:
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if sum(b.nbytes for b in cache.values()) + size > _SCRATCH_LIMIT:
+            cache.clear()
+        buf = cache[key] = (np.zeros if zero else np.empty)(shape, dtype=dtype)
+    return buf
+
+
+def clear_scratch() -> None:
+    """Release this thread's scratch buffers."""
+    _local.bufs = {}
 
 
 def out_size(size, k, s, p, d=1):
@@ -50,18 +82,18 @@ def im2col(x, kernel, stride, padding, dilation):
     """``x (N,C,H,W)`` -> ``cols (C*KH*KW, N*OH*OW)`` (zero padding)."""
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(
         x.shape, kernel, stride, padding, dilation)
-    xt = x.transpose(1, 0, 2, 3)
     if ph or pw:
-        # one pass that both pads and makes the channel-major layout contiguous
-        xpad = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-        xpad[:, :, ph:ph + h, pw:pw + w] = xt
+        # zero border kept from the buffer's creation; only the interior is rewritten
+        xpad = _scratch("im2col_pad", (n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+        xpad[:, :, ph:ph + h, pw:pw + w] = x
     else:
-        xpad = xt
+        xpad = x
+    # all KH*KW offsets as one strided view (C, KH, KW, N, OH, OW) of xpad: one copy call
+    sn, sc, sy, sx = xpad.strides
+    src = as_strided(xpad, shape=(c, kh, kw, n, oh, ow),
+                     strides=(sc, dh * sy, dw * sx, sn, sh * sy, sw * sx), writeable=False)
     cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-    for i in range(kh):
-        hs = _window(i, dh, sh, oh)
-        for j in range(kw):
-            cols[:, i, j] = xpad[:, :, hs, _window(j, dw, sw, ow)]
+    cols[...] = src
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
@@ -74,7 +106,8 @@ def col2im(cols, x_shape, kernel, stride, padding, dilation):
         raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {expected} "
                          f"for input shape {tuple(x_shape)}")
     c6 = cols.reshape(c, kh, kw, n, oh, ow)
-    xpad = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    xpad = _scratch("col2im_pad", (c, n, h + 2 * ph, w + 2 * pw), cols.dtype)
+    xpad.fill(0)
     for i in range(kh):
         hs = _window(i, dh, sh, oh)
         for j in range(kw):
@@ -126,6 +159,8 @@ def maxpool2d_forward(x, kernel, stride, padding):
     _check_pool_padding(kernel, padding)
     n, c, h, w, kh, kw, sh, sw, ph, pw, _, _, oh, ow = _geometry(x.shape, kernel, stride,
                                                                padding)
+    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
+        return _maxpool2x2_forward(x, oh, ow)
     arg_dtype = np.uint8 if kh * kw <= 256 else np.int32
     xpad = _padded(x, ph, pw, -np.inf)
     y = None
@@ -149,6 +184,8 @@ def maxpool2d_forward(x, kernel, stride, padding):
 
 def maxpool2d_backward(gy, saved, x_shape, kernel, stride, padding):
     """``dx[argmax of window] += gy[window]`` (overlapping windows accumulate)."""
+    if isinstance(saved, _Max2x2):
+        return _maxpool2x2_backward(gy, saved, tuple(x_shape))
     arg = saved
     n, c, h, w, kh, kw, sh, sw, ph, pw, _, _, oh, ow = _geometry(tuple(x_shape), kernel,
                                                                stride, padding)
@@ -169,6 +206,44 @@ def maxpool2d_backward(gy, saved, x_shape, kernel, stride, padding):
             np.multiply(gy, mask, out=tmp)
             dxpad[:, :, hs, _window(j, 1, sw, ow)] += tmp
     return _cropped(dxpad, ph, pw, h, w)
+
+
+# ------------------------------------------------------------------------- 2x2 / stride 2 max pool
+class _Max2x2:
+    """Saved state of the 2x2/stride-2 fast path: ``jbit (N,C,2*OH,OW)`` is True where the
+    right pixel of a row pair wins, ``ibit (N,C,OH,OW)`` where the bottom row's max wins."""
+
+    __slots__ = ("ibit", "jbit")
+
+    def __init__(self, ibit, jbit):
+        self.ibit, self.jbit = ibit, jbit
+
+
+def _maxpool2x2_forward(x, oh, ow):
+    """Max over each row pair, then over the two row maxima (2 passes instead of 4 strided
+    running-max passes).  Strict ``>`` keeps the first maximum in window order
+    (0,0), (0,1), (1,0), (1,1), like the general path."""
+    xc = x[:, :, :2 * oh, :2 * ow]
+    left, right = xc[..., 0::2], xc[..., 1::2]
+    jbit = np.greater(right, left)
+    rowmax = np.maximum(left, right)                       # (N, C, 2*OH, OW) contiguous
+    top, bottom = rowmax[:, :, 0::2], rowmax[:, :, 1::2]
+    ibit = np.greater(bottom, top)
+    y = np.maximum(top, bottom)
+    return y, _Max2x2(ibit, jbit)
+
+
+def _maxpool2x2_backward(gy, saved, x_shape):
+    n, c, h, w = x_shape
+    oh, ow = gy.shape[2:]
+    grow = np.empty((n, c, 2 * oh, ow), dtype=gy.dtype)     # dL/d(row max)
+    np.multiply(gy, saved.ibit, out=grow[:, :, 1::2])
+    np.multiply(gy, np.logical_not(saved.ibit), out=grow[:, :, 0::2])
+    exact = (h, w) == (2 * oh, 2 * ow)
+    dx = (np.empty if exact else np.zeros)((n, c, h, w), dtype=gy.dtype)
+    np.multiply(grow, saved.jbit, out=dx[:, :, :2 * oh, 1:2 * ow:2])
+    np.multiply(grow, np.logical_not(saved.jbit), out=dx[:, :, :2 * oh, 0:2 * ow:2])
+    return dx
 
 
 # ------------------------------------------------------------------------- average pooling

@@ -50,7 +50,12 @@ class NumpyBackend(Backend):
 
     # ---------------------------------------------------------------- element-wise
     def tanh_backward(self, y, gy):
-        return gy * (1 - y * y)
+        # one output buffer, no temporaries (3 passes instead of 3 passes + 2 allocations)
+        out = np.multiply(y, y, dtype=np.result_type(y.dtype, gy.dtype))
+        np.subtract(1, out, out=out)
+        if np.broadcast_shapes(out.shape, gy.shape) != out.shape:
+            return out * gy
+        return np.multiply(out, gy, out=out)
 
     def relu(self, x):
         return np.maximum(x, 0)

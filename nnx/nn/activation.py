@@ -17,21 +17,32 @@ class _Activation(Module):
 
 
 class ReLU(Module):
-    """``y = max(x, 0)``;  ``dL/dx = dL/dy ⊙ 𝟙[x > 0]`` (seeds: the indicator function)."""
+    """``y = max(x, 0)``;  ``dL/dx = dL/dy ⊙ 𝟙[x > 0]`` (seeds: the indicator function).
+
+    ``inplace=True`` (PyTorch's flag) overwrites ``x`` with ``y`` instead of allocating a new
+    array; use it only where nothing else needs ``x`` (e.g. right after a Conv2d or Linear,
+    whose backward does not read its output)."""
 
     def __init__(self, inplace: bool = False):
         super().__init__()
+        self.inplace = bool(inplace)
         self._y = None
 
     def forward(self, x):
         x = check_float(as_array(x), "ReLU")
-        self._y = B.get().relu(x)
+        if self.inplace and getattr(x.flags, "writeable", True):
+            self._y = B.get().xp.maximum(x, 0, out=x)
+        else:
+            self._y = B.get().relu(x)
         return self._y
 
     def backward(self, dy):
         if self._y is None:
             raise RuntimeError("ReLU.backward called before forward")
         return B.get().relu_backward(self._y, dy)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class LeakyReLU(_Activation):

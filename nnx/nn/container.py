@@ -38,10 +38,32 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, dy):
-        for m in reversed(list(self._modules.values())):
+    def backward(self, dy, input_grad: bool = True):
+        """Apply the children's backward in reverse and return ``dL/dx``.
+
+        ``input_grad=False`` says the caller does not need ``dL/dx`` (the input is data, not
+        a parameter's function): the first children without parameters are skipped, the
+        first child that has parameters only accumulates them (:meth:`Module.backward_params`,
+        which e.g. spares a first ``Conv2d`` its ``col2im``), and ``None`` is returned.
+        Parameter gradients are identical either way.
+        """
+        mods = list(self._modules.values())
+        if input_grad:
+            for m in reversed(mods):
+                dy = m.backward(dy)
+            return dy
+        # index of the first child that owns parameters: nothing before it needs a gradient
+        first = next((i for i, m in enumerate(mods) if any(True for _ in m.parameters())),
+                     len(mods))
+        for m in reversed(mods[first + 1:]):
             dy = m.backward(dy)
-        return dy
+        if first < len(mods):
+            mods[first].backward_params(dy)
+        return None
+
+    def backward_params(self, dy) -> None:
+        self.backward(dy, input_grad=False)
+        return None
 
 
 class Identity(Module):

@@ -51,6 +51,15 @@ class Linear(Module):
         return y
 
     def backward(self, dy):
+        d2 = self._param_grads(dy)
+        return (d2 @ self.weight.data).reshape(self._x.shape)
+
+    def backward_params(self, dy):
+        """Accumulate ``dL/dW`` and ``dL/db`` only (skips ``dL/dx = δ W``)."""
+        self._param_grads(dy)
+        return None
+
+    def _param_grads(self, dy):
         if self._x is None:
             raise RuntimeError("Linear.backward called before forward")
         x2 = self._x.reshape(-1, self.in_features)
@@ -58,7 +67,7 @@ class Linear(Module):
         self.weight.accumulate(d2.T @ x2)
         if self.bias is not None:
             self.bias.accumulate(d2.sum(axis=0))
-        return (d2 @ self.weight.data).reshape(self._x.shape)
+        return d2
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

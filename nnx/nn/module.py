@@ -54,6 +54,21 @@ class Module:
     def backward(self, *grads):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
+    def backward_params(self, dy) -> None:
+        """Accumulate this module's parameter gradients for upstream gradient ``dy`` without
+        returning ``dL/dx`` (PyTorch skips that work when the input does not require grad,
+        e.g. the images fed to a network's first layer).
+
+        Containers call this on their first layer for ``backward(dy, input_grad=False)``.
+        The default runs :meth:`backward` and drops the result (correct for any module);
+        a module without parameters anywhere below it does nothing; layers whose input
+        gradient is expensive (``Conv2d``, ``Linear``) override it to skip that work.
+        """
+        if not any(True for _ in self.parameters()):
+            return None
+        self.backward(dy)
+        return None
+
     # ------------------------------------------------------------------ traversal
     def children(self):
         return iter(self._modules.values())

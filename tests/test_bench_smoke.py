@@ -1,0 +1,69 @@
+"""The bench scripts run end to end (tiny --quick configuration in a subprocess) and write the
+documented result fields.  No timing assertions: numbers come from benchmarks, not tests."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, tmp_path, *extra):
+    cmd = [sys.executable, os.path.join(ROOT, "bench", script), "--quick", "--repeats", "2",
+           "--warmup", "1", "--threads", "1", "--out", str(tmp_path), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "NNX_BACKEND": "cpu"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _machine_ok(payload):
+    m = payload["machine"]
+    assert m["cores"] >= 1 and m["cpu"] and m["numpy"] and m["backend"] == "cpu"
+    assert m["threads"]["requested"] == 1
+    assert "bench/" in payload["command"] and "--quick" in payload["command"]
+    assert payload["date"]
+
+
+def test_train_step_smoke(tmp_path):
+    _run("train_step.py", tmp_path, "--models", "simple_cnn", "--tag", "smoke")
+    payload = json.loads((tmp_path / "train_step_cpu_smoke.json").read_text())
+    md = (tmp_path / "train_step_cpu_smoke.md").read_text()
+    _machine_ok(payload)
+    assert payload["benchmark"] == "train_step"
+    (run,) = payload["runs"]
+    assert run["model"] == "simple_cnn" and run["batch"] == 32
+    for key in ("median_ms", "q1_ms", "q3_ms", "min_ms", "repeats", "images_per_s"):
+        assert run["nnx"][key] > 0
+    assert run["peak_rss_mb"] > 0 and "gpu_memory" in run
+    if payload["torch_skipped"] is None:
+        assert run["torch"]["median_ms"] > 0 and run["ratio"]["median"] > 0
+        assert run["first_loss"]["nnx"] == pytest.approx(run["first_loss"]["torch"], rel=1e-4)
+        assert "ratio nnx/PyTorch" in md
+    assert "| simple_cnn | 32 |" in md
+
+
+def test_train_step_without_torch_says_skipped(tmp_path):
+    out = _run("train_step.py", tmp_path, "--models", "simple_cnn", "--no-torch")
+    payload = json.loads((tmp_path / "train_step_cpu.json").read_text())
+    assert "skipped" in out and payload["torch_skipped"]
+    assert "torch" not in payload["runs"][0]
+
+
+def test_ops_smoke(tmp_path):
+    _run("ops.py", tmp_path)
+    payload = json.loads((tmp_path / "ops_cpu.json").read_text())
+    _machine_ok(payload)
+    ops = {r["op"] for r in payload["ops"]}
+    assert {"im2col", "col2im", "conv2d forward", "conv2d backward", "maxpool2d forward",
+            "maxpool2d backward", "tanh backward", "softmax CE fwd+bwd", "SGD momentum step",
+            "Adam step"} <= ops
+    for r in payload["ops"]:
+        assert r["nnx"]["median_ms"] > 0
+        if r["op"] in ("tanh backward", "SGD momentum step", "Adam step"):
+            assert r["nnx"]["gb_per_s"] > 0
+    assert (tmp_path / "ops_cpu.md").read_text().startswith("# nnx per-operation timings")

@@ -1,0 +1,149 @@
+"""CPU performance paths must not change results: the 2x2 max-pool fast path, per-image conv
+GEMMs, reused scratch buffers, in-place ReLU, and ``backward(dy, input_grad=False)``."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backend import cpu_conv
+from nnx.nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+import nnx.nn.conv as conv_mod
+
+
+def _naive_maxpool(x, k):
+    """First arg-max in window order, by loops (the reference semantics)."""
+    n, c, h, w = x.shape
+    oh, ow = h // k, w // k
+    y = np.empty((n, c, oh, ow), x.dtype)
+    arg = np.empty((n, c, oh, ow), int)
+    for idx in np.ndindex(n, c, oh, ow):
+        a, b, i, j = idx
+        win = x[a, b, i * k:(i + 1) * k, j * k:(j + 1) * k].reshape(-1)
+        arg[idx] = int(np.argmax(win))           # numpy's argmax returns the first maximum
+        y[idx] = win[arg[idx]]
+    return y, arg
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 2, 5, 7), (3, 1, 2, 2)])
+def test_maxpool_2x2_fast_path_matches_first_argmax(rng, shape):
+    # few distinct values: many ties, including all-equal windows (as after a ReLU)
+    x = rng.integers(0, 3, size=shape).astype(np.float32)
+    pool = MaxPool2d(2)
+    y = pool(x)
+    y_ref, arg = _naive_maxpool(x, 2)
+    np.testing.assert_array_equal(y, y_ref)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.backward(gy)
+    dx_ref = np.zeros_like(x)
+    for idx in np.ndindex(*y.shape):
+        a, b, i, j = idx
+        di, dj = divmod(arg[idx], 2)
+        dx_ref[a, b, 2 * i + di, 2 * j + dj] += gy[idx]
+    assert dx.dtype == np.float32 and dx.shape == x.shape
+    np.testing.assert_array_equal(dx, dx_ref)
+
+
+def test_maxpool_2x2_noncontiguous_input(rng):
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)[:, :, ::2, :].transpose(0, 1, 3, 2)
+    y, saved = cpu_conv.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(y, _naive_maxpool(np.ascontiguousarray(x), 2)[0])
+
+
+@pytest.mark.parametrize("cin,k,p", [(3, 3, 1), (16, 3, 1), (2, 1, 0)])
+def test_conv_per_image_path_matches_column_path(rng, monkeypatch, cin, k, p):
+    x = rng.standard_normal((3, cin, 6, 5)).astype(np.float32)
+    gy = rng.standard_normal((3, 4, 6 + 2 * p - k + 1, 5 + 2 * p - k + 1)).astype(np.float32)
+    results = []
+    for rows in (0, 10 ** 6):          # 0: one GEMM + layout copies; huge: per-image GEMMs
+        monkeypatch.setattr(conv_mod, "_PER_IMAGE_MAX_ROWS", rows)
+        nnx.manual_seed(3)
+        conv = Conv2d(cin, 4, k, padding=p)
+        y = conv(x)
+        dx = conv.backward(gy)
+        results.append((y, dx, conv.weight.grad, conv.bias.grad))
+    for a, b in zip(*results):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_im2col_scratch_buffers_do_not_alias(rng):
+    x1 = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    x2 = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    geo = ((3, 3), (1, 1), (1, 1), (1, 1))
+    c1 = cpu_conv.im2col(x1, *geo)
+    keep = c1.copy()
+    cpu_conv.im2col(x2, *geo)
+    np.testing.assert_array_equal(c1, keep)
+    d1 = cpu_conv.col2im(c1, x1.shape, *geo)
+    keep = d1.copy()
+    cpu_conv.col2im(cpu_conv.im2col(x2, *geo), x2.shape, *geo)
+    np.testing.assert_array_equal(d1, keep)
+
+
+def test_relu_inplace(rng):
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    expected = np.maximum(x, 0)
+    relu = ReLU(inplace=True)
+    y = relu(x)
+    assert y is x
+    np.testing.assert_array_equal(x, expected)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(relu.backward(gy), gy * (expected > 0))
+    assert repr(relu) == "ReLU(inplace=True)" and repr(ReLU()) == "ReLU()"
+
+
+def _cnn():
+    return Sequential(OrderedDict([
+        ("conv", Conv2d(2, 3, 3, padding=1)), ("relu", ReLU()), ("pool", MaxPool2d(2)),
+        ("flat", Flatten()), ("fc", Linear(12, 4))]))
+
+
+def _grads(model):
+    return {k: p.grad.copy() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("build", [
+    _cnn,
+    lambda: Sequential(Flatten(), Linear(32, 4)),                   # parameter-free first
+    lambda: Sequential(Sequential(Flatten(), Linear(32, 5)), ReLU(), Linear(5, 4)),  # nested
+    lambda: nnx.models.ResNetSmall(in_channels=2, num_classes=4, width=4),
+])
+def test_backward_without_input_grad_gives_same_param_grads(rng, build):
+    import nnx.models  # noqa: F401
+    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    dy = rng.standard_normal((3, 4)).astype(np.float32)
+    nnx.manual_seed(5)
+    a = build()
+    nnx.manual_seed(5)
+    b = build()
+    a(x)
+    b(x)
+    dx = a.backward(dy)                      # default: unchanged, returns dL/dx
+    assert dx.shape == x.shape
+    assert b.backward(dy, input_grad=False) is None
+    ga, gb = _grads(a), _grads(b)
+    assert ga.keys() == gb.keys() and ga
+    for k in ga:
+        np.testing.assert_allclose(gb[k], ga[k], rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+def test_backward_params_skips_input_gradient(rng, monkeypatch):
+    x = rng.standard_normal((2, 2, 4, 4)).astype(np.float32)
+    conv = Conv2d(2, 3, 3, padding=1)
+    y = conv(x)
+    calls = []
+    monkeypatch.setattr(nnx.backend.get(), "col2im",
+                        lambda *a, **k: calls.append(1))
+    assert conv.backward_params(np.ones_like(y)) is None
+    assert calls == [] and conv.weight.grad is not None
+    lin = Linear(3, 2)
+    lin(rng.standard_normal((4, 3)).astype(np.float32))
+    assert lin.backward_params(np.ones((4, 2), np.float32)) is None
+    np.testing.assert_allclose(lin.bias.grad, [4.0, 4.0])
+    # a model without parameters: nothing to do, nothing returned
+    seq = Sequential(ReLU(), Flatten())
+    seq(x)
+    assert seq.backward(np.ones((2, 32), np.float32), input_grad=False) is None
