@@ -442,7 +442,7 @@ def train(args) -> dict:
                             f"{optimizer.param_groups[0]['lr']:.4g}); stopped before the "
                             f"update; {kept}. Try a lower --lr or --warmup-epochs.")
                     optimizer.zero_grad()
-                    model.backward(criterion.backward())
+                    model.backward(criterion.backward(), input_grad=False)  # images need no gradient
                     optimizer.step()
                     lr_used = optimizer.param_groups[0]["lr"]
                     scheduler.step()

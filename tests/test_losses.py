@@ -161,3 +161,14 @@ def test_clear_errors(backend):
         nn.CrossEntropyLoss(label_smoothing=1.5)
     with pytest.raises(RuntimeError, match="before forward"):
         nn.MSELoss().backward()
+
+
+@pytest.mark.parametrize("crit", [nn.MSELoss(), nn.L1Loss(), nn.BCEWithLogitsLoss(),
+                                  nn.MSELoss(reduction="sum")])
+def test_reduced_loss_is_a_0d_backend_array(backend, rng, crit):
+    x = rng.random((3, 4)).astype(np.float32)
+    loss = crit(x, rng.random((3, 4)).astype(np.float32))
+    assert backend.is_native(loss) and loss.ndim == 0 and loss.dtype == np.float32
+    ce = nn.CrossEntropyLoss()(x, np.array([0, 3, 1]))
+    assert backend.is_native(ce) and ce.ndim == 0
+    assert float(ce) > 0

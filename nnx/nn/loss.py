@@ -32,9 +32,9 @@ class _Loss(Module):
 
     def _reduce(self, per_elem):
         if self.reduction == "mean":
-            return per_elem.mean()
+            return _zero_d(per_elem.mean())
         if self.reduction == "sum":
-            return per_elem.sum()
+            return _zero_d(per_elem.sum())
         return per_elem
 
     def _scale(self, n, grad):
@@ -172,9 +172,9 @@ class CrossEntropyLoss(_Loss):
         count = int(valid.sum())
         self._ctx = (logits, safe, valid, count, orig_shape)
         if self.reduction == "mean":
-            return per.sum() / max(count, 1)
+            return _zero_d(per.sum() / max(count, 1))
         if self.reduction == "sum":
-            return per.sum()
+            return _zero_d(per.sum())
         return per.reshape((n,) + tuple(orig_shape[2:]))
 
     def backward(self, grad=1.0):
@@ -196,9 +196,14 @@ class CrossEntropyLoss(_Loss):
         return d
 
 
+def _zero_d(value):
+    """A reduction as a 0-d array of the backend (NumPy reductions return scalars)."""
+    return B.get().xp.asarray(value)
+
+
 def _grad(grad, like):
     """Upstream gradient as a backend scalar/array of ``like``'s dtype."""
     be = B.get()
-    if np.ndim(grad) == 0 and not be.is_native(grad):
+    if getattr(grad, "ndim", 0) == 0 and not be.is_native(grad):
         return like.dtype.type(grad)
     return be.asarray(grad).astype(like.dtype, copy=False)

@@ -46,7 +46,20 @@ class Module:
 
     # ------------------------------------------------------------------ calling
     def __call__(self, *args, **kwargs):
+        if self._parameters:
+            self._check_backend()
         return self.forward(*args, **kwargs)
+
+    def _check_backend(self):
+        """Parameters must live on the active backend (a model built under ``cpu`` and run
+        after ``nnx.backend.use("cuda")`` would otherwise fail deep inside a matmul)."""
+        be = B.get()
+        for name, p in self._parameters.items():
+            if p is not None and not be.is_native(p.data):
+                raise B.BackendMismatchError(
+                    f"{type(self).__name__}.{name} is not on the active '{be.name}' backend; "
+                    f"move the model with model.to('{be.name}') (or switch back with "
+                    f"nnx.backend.use(...))")
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")

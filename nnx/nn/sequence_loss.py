@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import backend as B
 from .functional import as_array, check_float
-from .loss import _Loss, _grad
+from .loss import _Loss, _grad, _zero_d
 
 
 def _step_weights(name, shape_tn, batch_first, mask, lengths, dtype):
@@ -74,8 +74,8 @@ class SequenceMSELoss(_Loss):
         self._ctx = (diff, wb, count)
         per = diff * diff if wb is None else wb * diff * diff
         if self.reduction == "mean":
-            return per.sum() / max(count, 1e-12) if wb is not None else per.mean()
-        return per.sum() if self.reduction == "sum" else per
+            return _zero_d(per.sum() / max(count, 1e-12) if wb is not None else per.mean())
+        return _zero_d(per.sum()) if self.reduction == "sum" else per
 
     def backward(self, grad=1.0):
         diff, wb, count = self._saved()
@@ -141,9 +141,9 @@ class SequenceCrossEntropyLoss(_Loss):
         total = float(w.sum())
         self._ctx = (z, safe, w, total, logits.shape)
         if self.reduction == "mean":
-            return per.sum() / max(total, 1e-12)
+            return _zero_d(per.sum() / max(total, 1e-12))
         if self.reduction == "sum":
-            return per.sum()
+            return _zero_d(per.sum())
         return per.reshape(A, Bn)
 
     def backward(self, grad=1.0):
