@@ -98,7 +98,6 @@ def gradcheck(module_or_fn, inputs, *, eps=1e-6, atol=1e-6, rtol=1e-4, check_inp
     for name, arr in targets:
         host = be.to_numpy(arr).astype(np.float64)
         num = np.zeros(host.size)
-        flat_view = arr.reshape(-1) if arr.flags.c_contiguous else None
         for j in range(host.size):
             idx = np.unravel_index(j, host.shape)
             orig = arr[idx].item() if hasattr(arr[idx], "item") else float(arr[idx])
@@ -108,7 +107,6 @@ def gradcheck(module_or_fn, inputs, *, eps=1e-6, atol=1e-6, rtol=1e-4, check_inp
             jm = objective(inputs)
             arr[idx] = orig
             num[j] = (jp - jm) / (2 * eps)
-        del flat_view
         num = num.reshape(host.shape)
         ana = analytic[name]
         if ana.shape != num.shape:
