@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 def set_threads(n: int | None) -> int:
     """Pin BLAS/OpenMP threads (must run before NumPy is imported to take full effect)."""
     n = n or os.cpu_count() or 1
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NNX_NUM_THREADS"):        # nnx's own batch-parallel CPU pool too
         os.environ[var] = str(n)
     # OpenBLAS worker threads otherwise busy-wait ~2^28 cycles (~0.1 s) after every GEMM:
     # in an interleaved A/B run they steal the cores PyTorch's step runs on next (measured:

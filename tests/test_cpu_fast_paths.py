@@ -10,7 +10,6 @@ import pytest
 import nnx
 from nnx.backend import cpu_conv
 from nnx.nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
-import nnx.nn.conv as conv_mod
 
 
 def _naive_maxpool(x, k):
@@ -58,7 +57,7 @@ def test_conv_per_image_path_matches_column_path(rng, monkeypatch, cin, k, p):
     gy = rng.standard_normal((3, 4, 6 + 2 * p - k + 1, 5 + 2 * p - k + 1)).astype(np.float32)
     results = []
     for rows in (0, 10 ** 6):          # 0: one GEMM + layout copies; huge: per-image GEMMs
-        monkeypatch.setattr(conv_mod, "_PER_IMAGE_MAX_ROWS", rows)
+        monkeypatch.setattr(cpu_conv, "PER_IMAGE_MAX_ROWS", rows)
         nnx.manual_seed(3)
         conv = Conv2d(cin, 4, k, padding=p)
         y = conv(x)
@@ -147,3 +146,87 @@ def test_backward_params_skips_input_gradient(rng, monkeypatch):
     seq = Sequential(ReLU(), Flatten())
     seq(x)
     assert seq.backward(np.ones((2, 32), np.float32), input_grad=False) is None
+
+
+# ------------------------------------------------------------------------- batch-parallel CPU paths
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_parallel_and_serial_paths_agree(rng, monkeypatch, threads):
+    """NNX_NUM_THREADS=1 (serial) vs batch chunks on the thread pool: forward outputs and
+    input gradients identical, parameter gradients equal up to float32 summation order."""
+    import nnx.models
+    from nnx.backend import cpu_parallel
+    monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)   # split even these small tensors
+    calls = []
+    real = cpu_parallel.parallel_chunks
+
+    def spy(n, fn, min_items=1):
+        calls.append(cpu_parallel.chunks_for(n, min_items))
+        return real(n, fn, min_items)
+
+    monkeypatch.setattr(cpu_conv, "parallel_chunks", spy)
+    x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, size=5)
+    results = {}
+    for nt in ("1", threads):
+        monkeypatch.setenv("NNX_NUM_THREADS", nt)
+        calls.clear()
+        nnx.manual_seed(0)
+        model = nnx.models.SimpleCNN(image_size=8)
+        crit = nnx.nn.CrossEntropyLoss()
+        loss = crit(model(x), labels)
+        dx = model.backward(crit.backward())
+        results[nt] = (loss, dx, {k: p.grad.copy() for k, p in model.named_parameters()})
+        assert calls and max(calls) == int(nt)               # the path under test really ran
+    (l1, dx1, g1), (l2, dx2, g2) = results["1"], results[threads]
+    np.testing.assert_array_equal(l1, l2)
+    np.testing.assert_array_equal(dx1, dx2)
+    for k in g1:
+        assert g2[k].dtype == np.float32
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_parallel_chunks_order_bounds_and_errors(monkeypatch):
+    from nnx.backend import cpu_parallel
+    assert cpu_parallel.chunk_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert cpu_parallel.chunk_bounds(2, 4) == [(0, 1), (1, 2)]
+    monkeypatch.setenv("NNX_NUM_THREADS", "3")
+    assert cpu_parallel.parallel_chunks(7, lambda a, b: (a, b)) == [(0, 3), (3, 5), (5, 7)]
+    # nested calls inside a chunk stay serial
+    nested = cpu_parallel.parallel_chunks(4, lambda a, b: cpu_parallel.chunks_for(10))
+    assert nested == [1, 1, 1]
+
+    def boom(a, b):
+        if a:
+            raise ValueError("chunk failed")
+    with pytest.raises(ValueError, match="chunk failed"):
+        cpu_parallel.parallel_chunks(6, boom)
+    monkeypatch.setenv("NNX_NUM_THREADS", "1")
+    assert cpu_parallel.parallel_chunks(7, lambda a, b: (a, b)) == [(0, 7)]
+    monkeypatch.setenv("NNX_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="NNX_NUM_THREADS"):
+        cpu_parallel.num_threads()
+
+
+def test_conv_weight_on_other_backend_raises():
+    conv = Conv2d(2, 3, 3)
+
+    class Foreign:                                     # stands in for a CuPy array
+        dtype, shape = np.dtype(np.float32), conv.weight.data.shape
+
+    conv.weight.data = Foreign()
+    with pytest.raises(nnx.backend.BackendMismatchError, match=r"Conv2d.*model\.to\('cpu'\)"):
+        conv(np.ones((1, 2, 4, 4), np.float32))  # Module.__call__ checks the parameters
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_parallel_pool_works_in_forked_child(monkeypatch):
+    import os
+    from nnx.backend import cpu_parallel
+    monkeypatch.setenv("NNX_NUM_THREADS", "2")
+    assert cpu_parallel.parallel_chunks(4, lambda a, b: b - a) == [2, 2]   # pool started
+    pid = os.fork()
+    if pid == 0:                                      # child: the pool must not hang
+        ok = cpu_parallel.parallel_chunks(4, lambda a, b: b - a) == [2, 2]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -102,6 +102,29 @@ class Backend(ABC):
     def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
         """Adjoint of :meth:`im2col`: sums column entries back into an ``x_shape`` array."""
 
+    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow):
+        """``y (N,O,OH,OW) = w2 (O,K) @ cols (K, N·OH·OW) (+ bias)`` — the GEMM stage of a
+        ``groups == 1`` convolution.  Generic version; backends may override it."""
+        xp = self.xp
+        o = w2.shape[0]
+        y = (w2 @ cols).reshape(o, n, oh, ow)
+        out = xp.empty((n, o, oh, ow), dtype=cols.dtype)
+        if bias is not None:
+            xp.add(y.transpose(1, 0, 2, 3), bias.reshape(1, o, 1, 1), out=out)
+        else:
+            out[...] = y.transpose(1, 0, 2, 3)
+        return out
+
+    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx):
+        """Gradients of :meth:`conv2d_gemm_forward` for ``δ = dy (N,O,OH,OW)``: returns
+        ``(dW (O,K), db (O,) or None, dcols (K, N·OH·OW) or None)``."""
+        xp = self.xp
+        o = w2.shape[0]
+        d2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, -1)  # one copy
+        db = d2.sum(axis=1) if has_bias else None
+        dw = (cols @ d2.T).T      # OpenBLAS runs this orientation ~1.5x faster than d2 @ colsᵀ
+        return dw, db, (w2.T @ d2 if need_dx else None)
+
     @abstractmethod
     def maxpool2d_forward(self, x, kernel, stride, padding):
         """Max pooling (padding counts as -inf).  Returns ``(y, saved)``."""

@@ -16,6 +16,10 @@ of the padded input into ``cols.reshape(C, KH, KW, N, OH, OW)`` (innermost runs 
 col2im adds the ``KH*KW`` slices into a channel-major padded buffer ``(C, N, Hp, Wp)``.
 The 2x2/stride-2 max pool (the CNNs' case) has a two-pass fast path.
 Dtypes are preserved (float32 stays float32).
+
+Batch parallelism (``cpu_parallel``): im2col, col2im, the 2x2 max pool and the convolution
+GEMM stages split the batch into ``NNX_NUM_THREADS`` contiguous chunks run on a thread pool;
+each chunk writes its own slice, gradient partials are summed in chunk order.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import threading
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from .cpu_parallel import blas_limited, can_split_gemm, chunks_for, parallel_chunks
 
 # Per-thread scratch arrays (padding buffers) reused across calls, keyed by shape and dtype:
 # im2col's zero border is written once instead of every call.  Scratch arrays never escape to
@@ -45,6 +51,15 @@ def _scratch(tag, shape, dtype, zero=True):
             cache.clear()
         buf = cache[key] = (np.zeros if zero else np.empty)(shape, dtype=dtype)
     return buf
+
+
+# Chunks smaller than this many elements are not worth a thread hand-off (~20-50 us).
+_MIN_CHUNK_ELEMS = 1 << 17
+
+
+def min_items(per_item: int) -> int:
+    """Minimum batch items per parallel chunk when one item has ``per_item`` elements."""
+    return max(1, -(-_MIN_CHUNK_ELEMS // max(1, int(per_item))))
 
 
 def clear_scratch() -> None:
@@ -82,18 +97,23 @@ def im2col(x, kernel, stride, padding, dilation):
     """``x (N,C,H,W)`` -> ``cols (C*KH*KW, N*OH*OW)`` (zero padding)."""
     n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(
         x.shape, kernel, stride, padding, dilation)
-    if ph or pw:
-        # zero border kept from the buffer's creation; only the interior is rewritten
-        xpad = _scratch("im2col_pad", (n, c, h + 2 * ph, w + 2 * pw), x.dtype)
-        xpad[:, :, ph:ph + h, pw:pw + w] = x
-    else:
-        xpad = x
-    # all KH*KW offsets as one strided view (C, KH, KW, N, OH, OW) of xpad: one copy call
-    sn, sc, sy, sx = xpad.strides
-    src = as_strided(xpad, shape=(c, kh, kw, n, oh, ow),
-                     strides=(sc, dh * sy, dw * sx, sn, sh * sy, sw * sx), writeable=False)
     cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
-    cols[...] = src
+
+    def part(a, b):
+        xa = x[a:b]
+        if ph or pw:
+            # zero border kept from the buffer's creation; only the interior is rewritten
+            xpad = _scratch("im2col_pad", (b - a, c, h + 2 * ph, w + 2 * pw), x.dtype)
+            xpad[:, :, ph:ph + h, pw:pw + w] = xa
+        else:
+            xpad = xa
+        # all KH*KW offsets as one strided view (C, KH, KW, n, OH, OW) of xpad: one copy call
+        sn, sc, sy, sx = xpad.strides
+        src = as_strided(xpad, shape=(c, kh, kw, b - a, oh, ow),
+                         strides=(sc, dh * sy, dw * sx, sn, sh * sy, sw * sx), writeable=False)
+        cols[:, :, :, a:b] = src
+
+    parallel_chunks(n, part, min_items(c * kh * kw * oh * ow))
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
@@ -106,15 +126,104 @@ def col2im(cols, x_shape, kernel, stride, padding, dilation):
         raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, expected {expected} "
                          f"for input shape {tuple(x_shape)}")
     c6 = cols.reshape(c, kh, kw, n, oh, ow)
-    xpad = _scratch("col2im_pad", (c, n, h + 2 * ph, w + 2 * pw), cols.dtype)
-    xpad.fill(0)
-    for i in range(kh):
-        hs = _window(i, dh, sh, oh)
-        for j in range(kw):
-            xpad[:, :, hs, _window(j, dw, sw, ow)] += c6[:, i, j]
     dx = np.empty((n, c, h, w), dtype=cols.dtype)
-    dx.transpose(1, 0, 2, 3)[...] = xpad[:, :, ph:ph + h, pw:pw + w]
+
+    def part(a, b):
+        xpad = _scratch("col2im_pad", (c, b - a, h + 2 * ph, w + 2 * pw), cols.dtype)
+        xpad.fill(0)
+        for i in range(kh):
+            hs = _window(i, dh, sh, oh)
+            for j in range(kw):
+                xpad[:, :, hs, _window(j, dw, sw, ow)] += c6[:, i, j, a:b]
+        dx[a:b].transpose(1, 0, 2, 3)[...] = xpad[:, :, ph:ph + h, pw:pw + w]
+
+    parallel_chunks(n, part, min_items(c * kh * kw * oh * ow))
     return dx
+
+
+# ------------------------------------------------------------------------- conv GEMM stages
+def _gemm_chunks(n, per_item):
+    """Chunks for the convolution GEMM stages: split only when BLAS can be held at one
+    thread per chunk (threadpoolctl), else one whole, BLAS-threaded product."""
+    if not can_split_gemm():
+        return 1
+    return chunks_for(n, min_items(per_item))
+
+
+def _gemm_parallel(n, per_item, fn):
+    if _gemm_chunks(n, per_item) <= 1:
+        return [fn(0, n)]
+    with blas_limited():
+        return parallel_chunks(n, fn, min_items(per_item))
+
+
+# Column matrices with at most this many rows use per-image GEMMs (0: never): measured
+# faster for a first layer (3·3·3 = 27 rows), slower for wide ones (bench/NOTES.md).
+PER_IMAGE_MAX_ROWS = 64
+
+
+def conv_forward_gemm(w2, cols, bias, n, oh, ow, per_image):
+    """``y (N,O,OH,OW) = w2 (O,K) @ cols (K, N*OH*OW)`` (+ bias) for ``groups == 1``.
+
+    ``per_image``: one ``(O,K) @ (K,OH*OW)`` product per image, written straight into NCHW;
+    else one product per batch chunk and a transposing copy (with the bias) into NCHW."""
+    o, k = w2.shape
+    p = oh * ow
+    out = np.empty((n, o, oh, ow), dtype=cols.dtype)
+    out3, cols3 = out.reshape(n, o, p), cols.reshape(k, n, p)
+
+    def part(a, b):
+        if per_image:
+            np.matmul(w2, cols3[:, a:b].transpose(1, 0, 2), out=out3[a:b])
+            if bias is not None:
+                out3[a:b] += bias.reshape(1, o, 1)
+            return
+        y = (w2 @ cols[:, a * p:b * p]).reshape(o, b - a, oh, ow)
+        if bias is not None:
+            np.add(y.transpose(1, 0, 2, 3), bias.reshape(1, o, 1, 1), out=out[a:b])
+        else:
+            out[a:b] = y.transpose(1, 0, 2, 3)
+
+    _gemm_parallel(n, o * p, part)
+    return out
+
+
+def conv_backward_gemm(w2, cols, dy, has_bias, need_dx, per_image):
+    """Gradients of :func:`conv_forward_gemm` for ``δ = dy (N,O,OH,OW)``: returns
+    ``(dW (O,K), db (O,) or None, dcols (K, N*OH*OW) or None)`` with
+    ``dW = Σ_n δ_n @ cols_nᵀ``, ``db = Σ δ``, ``dcols = w2ᵀ @ δ``.  Per-chunk partial sums of
+    ``dW`` and ``db`` are added in chunk order (deterministic for a given thread count)."""
+    n, o, oh, ow = dy.shape
+    k = w2.shape[1]
+    p = oh * ow
+    cols3 = cols.reshape(k, n, p)
+    dcols = np.empty_like(cols) if need_dx else None
+
+    def part(a, b):
+        if per_image:
+            d3 = dy[a:b].reshape(b - a, o, p)
+            db = d3.sum(axis=2).sum(axis=0) if has_bias else None
+            # Σ_n dy[n] @ cols[n]ᵀ: per-image GEMMs, no transposed copy of dy
+            dw = np.matmul(d3, cols3[:, a:b].transpose(1, 2, 0)).sum(axis=0)
+            if need_dx:
+                np.matmul(w2.T, d3, out=dcols.reshape(k, n, p)[:, a:b].transpose(1, 0, 2))
+            return dw, db
+        # (n, O, OH, OW) -> (O, n*OH*OW), one copy
+        d2 = np.ascontiguousarray(dy[a:b].transpose(1, 0, 2, 3)).reshape(o, -1)
+        db = d2.sum(axis=1) if has_bias else None
+        # (cols @ d2ᵀ)ᵀ: OpenBLAS runs this orientation ~1.5x faster than d2 @ colsᵀ
+        dw = (cols[:, a * p:b * p] @ d2.T).T
+        if need_dx:
+            np.matmul(w2.T, d2, out=dcols[:, a * p:b * p])
+        return dw, db
+
+    parts = _gemm_parallel(n, o * p, part)
+    dw, db = parts[0]
+    for dwi, dbi in parts[1:]:          # fixed order: chunk 0 + chunk 1 + ...
+        dw = dw + dwi
+        if has_bias:
+            db = db + dbi
+    return dw, db, dcols
 
 
 # ------------------------------------------------------------------------- pooling helpers
@@ -222,27 +331,40 @@ class _Max2x2:
 def _maxpool2x2_forward(x, oh, ow):
     """Max over each row pair, then over the two row maxima (2 passes instead of 4 strided
     running-max passes).  Strict ``>`` keeps the first maximum in window order
-    (0,0), (0,1), (1,0), (1,1), like the general path."""
-    xc = x[:, :, :2 * oh, :2 * ow]
-    left, right = xc[..., 0::2], xc[..., 1::2]
-    jbit = np.greater(right, left)
-    rowmax = np.maximum(left, right)                       # (N, C, 2*OH, OW) contiguous
-    top, bottom = rowmax[:, :, 0::2], rowmax[:, :, 1::2]
-    ibit = np.greater(bottom, top)
-    y = np.maximum(top, bottom)
+    (0,0), (0,1), (1,0), (1,1), like the general path.  Batch-chunked (disjoint slices)."""
+    n, c = x.shape[:2]
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    ibit = np.empty((n, c, oh, ow), dtype=bool)
+    jbit = np.empty((n, c, 2 * oh, ow), dtype=bool)
+
+    def part(a, b):
+        xc = x[a:b, :, :2 * oh, :2 * ow]
+        left, right = xc[..., 0::2], xc[..., 1::2]
+        np.greater(right, left, out=jbit[a:b])
+        rowmax = np.maximum(left, right)                   # (n, C, 2*OH, OW) contiguous
+        top, bottom = rowmax[:, :, 0::2], rowmax[:, :, 1::2]
+        np.greater(bottom, top, out=ibit[a:b])
+        np.maximum(top, bottom, out=y[a:b])
+
+    parallel_chunks(n, part, min_items(c * 4 * oh * ow))
     return y, _Max2x2(ibit, jbit)
 
 
 def _maxpool2x2_backward(gy, saved, x_shape):
     n, c, h, w = x_shape
     oh, ow = gy.shape[2:]
-    grow = np.empty((n, c, 2 * oh, ow), dtype=gy.dtype)     # dL/d(row max)
-    np.multiply(gy, saved.ibit, out=grow[:, :, 1::2])
-    np.multiply(gy, np.logical_not(saved.ibit), out=grow[:, :, 0::2])
     exact = (h, w) == (2 * oh, 2 * ow)
     dx = (np.empty if exact else np.zeros)((n, c, h, w), dtype=gy.dtype)
-    np.multiply(grow, saved.jbit, out=dx[:, :, :2 * oh, 1:2 * ow:2])
-    np.multiply(grow, np.logical_not(saved.jbit), out=dx[:, :, :2 * oh, 0:2 * ow:2])
+
+    def part(a, b):
+        g, ibit, jbit = gy[a:b], saved.ibit[a:b], saved.jbit[a:b]
+        grow = np.empty((b - a, c, 2 * oh, ow), dtype=gy.dtype)     # dL/d(row max)
+        np.multiply(g, ibit, out=grow[:, :, 1::2])
+        np.multiply(g, np.logical_not(ibit), out=grow[:, :, 0::2])
+        np.multiply(grow, jbit, out=dx[a:b, :, :2 * oh, 1:2 * ow:2])
+        np.multiply(grow, np.logical_not(jbit), out=dx[a:b, :, :2 * oh, 0:2 * ow:2])
+
+    parallel_chunks(n, part, min_items(c * 4 * oh * ow))
     return dx
 
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from .base import Backend
 from . import cpu_conv, cpu_rnn
+from .cpu_parallel import parallel_chunks
 
 
 class NumpyBackend(Backend):
@@ -58,15 +59,33 @@ class NumpyBackend(Backend):
         return np.multiply(out, gy, out=out)
 
     def relu(self, x):
-        return np.maximum(x, 0)
+        if not _splittable(x):
+            return np.maximum(x, 0)
+        out = np.empty(x.shape, dtype=np.result_type(x, 0))
+        _batch_chunks(x, lambda a, b: np.maximum(x[a:b], 0, out=out[a:b]))
+        return out
 
     def bias_relu(self, x, b):
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        out = x + b.reshape(shape)
-        return np.maximum(out, 0, out=out)
+        b = b.reshape(shape)
+        if not _splittable(x):
+            out = x + b
+            return np.maximum(out, 0, out=out)
+        out = np.empty(x.shape, dtype=np.result_type(x, b))
+
+        def part(i, j):
+            np.add(x[i:j], b, out=out[i:j])
+            np.maximum(out[i:j], 0, out=out[i:j])
+
+        _batch_chunks(x, part)
+        return out
 
     def relu_backward(self, y, gy):
-        return gy * (y > 0)
+        if not (_splittable(gy) and y.shape == gy.shape):
+            return gy * (y > 0)
+        out = np.empty(gy.shape, dtype=np.result_type(gy, np.bool_))
+        _batch_chunks(gy, lambda a, b: np.multiply(gy[a:b], y[a:b] > 0, out=out[a:b]))
+        return out
 
     # ---------------------------------------------------------------- losses
     def softmax_cross_entropy_forward(self, logits, labels, label_smoothing=0.0):
@@ -98,6 +117,14 @@ class NumpyBackend(Backend):
 
     def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
         return cpu_conv.col2im(cols, x_shape, kernel, stride, padding, dilation)
+
+    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow):
+        return cpu_conv.conv_forward_gemm(w2, cols, bias, n, oh, ow,
+                                          cols.shape[0] <= cpu_conv.PER_IMAGE_MAX_ROWS)
+
+    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx):
+        return cpu_conv.conv_backward_gemm(w2, cols, dy, has_bias, need_dx,
+                                           cols.shape[0] <= cpu_conv.PER_IMAGE_MAX_ROWS)
 
     def maxpool2d_forward(self, x, kernel, stride, padding):
         return cpu_conv.maxpool2d_forward(x, kernel, stride, padding)
@@ -158,6 +185,16 @@ class NumpyBackend(Backend):
         bc2 = 1 - beta2 ** step
         denom = np.sqrt(v / bc2) + eps
         param -= (lr / bc1) * (m / denom)
+
+
+def _splittable(x) -> bool:
+    """Large enough (and shaped) for batch-parallel element-wise passes."""
+    return x.ndim >= 1 and x.shape[0] > 1 and x.size >= 2 * cpu_conv.min_items(1)
+
+
+def _batch_chunks(x, fn):
+    """``fn(start, stop)`` over batch chunks of ``x`` (each writes its own output slice)."""
+    parallel_chunks(x.shape[0], fn, cpu_conv.min_items(x.size // x.shape[0]))
 
 
 def _is_cupy_array(x) -> bool:

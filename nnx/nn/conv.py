@@ -5,22 +5,10 @@ import math
 
 from .. import backend as B
 from .. import dtypes, init
-from .functional import as_input
+from .functional import as_input, pair as _pair
 from .module import Module
 from .parameter import Parameter
 
-
-# Column matrices with at most this many rows use per-image GEMMs on the CPU (0: never).
-_PER_IMAGE_MAX_ROWS = 64
-
-
-def _pair(v, name):
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(a) for a in v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-    return t
 
 
 class Conv2d(Module):
@@ -35,9 +23,10 @@ class Conv2d(Module):
 
         dL/dW_g = D_g @ cols_gᵀ      dL/db = Σ_{n,oh,ow} δ      dL/dx = col2im(W_gᵀ @ D_g)
 
-    On the CPU, when ``cols`` has at most ``_PER_IMAGE_MAX_ROWS`` rows (e.g. a first layer,
-    3·3·3 = 27), the same products run per image (``W @ cols[:, n]``), which writes NCHW
-    directly and skips the transposed copies of ``y`` and ``δ``.
+    For ``groups == 1`` the GEMM stages are the backend's ``conv2d_gemm_forward/backward``:
+    on the CPU they run in batch chunks on a thread pool (``NNX_NUM_THREADS=1`` turns it
+    off; partial ``dL/dW``, ``dL/db`` are summed in chunk order), and column matrices with few
+    rows (a first layer: 3·3·3 = 27) use per-image products that write NCHW directly.
 
     ``backward_params(dy)`` (used by ``Sequential.backward(dy, input_grad=False)``) skips
     ``dL/dx`` and its col2im.
@@ -113,9 +102,9 @@ class Conv2d(Module):
         return out
 
     def forward(self, x):
+        be = B.get()
         x = as_input(x, self.weight.data.dtype, "Conv2d")
         self._check(x)
-        be = B.get()
         xp = be.xp
         n = x.shape[0]
         _, o, oh, ow = self.output_shape(x.shape)
@@ -123,27 +112,15 @@ class Conv2d(Module):
         bias = None if self.bias is None else self.bias.data
         cols = be.im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
         self._ctx = (cols, x.shape)
-        if self._per_image(cols):
-            # (O, K) @ (K, OH*OW) per image writes NCHW directly: no layout copy
-            y = xp.matmul(w2, cols.reshape(cols.shape[0], n, oh * ow).transpose(1, 0, 2))
-            if bias is not None:
-                y += bias.reshape(1, o, 1)
-            return y.reshape(n, o, oh, ow)
-        y = w2 @ cols if self.groups == 1 else self._matmul_groups(xp, w2, cols, o)
-        y = y.reshape(o, n, oh, ow)
+        if self.groups == 1:
+            return be.conv2d_gemm_forward(w2, cols, bias, n, oh, ow)
+        y = self._matmul_groups(xp, w2, cols, o).reshape(o, n, oh, ow)
         out = xp.empty((n, o, oh, ow), dtype=x.dtype)
         if bias is not None:
             xp.add(y.transpose(1, 0, 2, 3), bias.reshape(1, o, 1, 1), out=out)
         else:
             out[...] = y.transpose(1, 0, 2, 3)
         return out
-
-    def _per_image(self, cols):
-        """Per-image GEMMs (batched matmul on NCHW) instead of one wide GEMM plus layout
-        copies: faster on the CPU when the column matrix has few rows (e.g. a first layer
-        with 3·3·3 rows; measured in bench/NOTES.md)."""
-        return _PER_IMAGE_MAX_ROWS and self.groups == 1 and \
-            cols.shape[0] <= _PER_IMAGE_MAX_ROWS and B.get().name == "cpu"
 
     def backward(self, dy):
         return self._backward(dy, need_dx=True)
@@ -165,40 +142,29 @@ class Conv2d(Module):
         xp = be.xp
         o = self.out_channels
         w2 = self.weight.data.reshape(o, -1)
-        if self._per_image(cols):
-            n, p = x_shape[0], expected[2] * expected[3]
-            d3 = dy.reshape(n, o, p)
-            if self.bias is not None:
-                self.bias.accumulate(d3.sum(axis=2).sum(axis=0))
-            # Σ_n dy[n] @ cols[n]ᵀ: per-image GEMMs, no transposed copy of dy
-            dw = xp.matmul(d3, cols.reshape(cols.shape[0], n, p).transpose(1, 2, 0))
-            self.weight.accumulate(dw.sum(axis=0).reshape(self.weight.data.shape))
+        if self.groups == 1:
+            dw, db, dcols = be.conv2d_gemm_backward(w2, cols, dy, self.bias is not None,
+                                                    need_dx)
+            if db is not None:
+                self.bias.accumulate(db)
+            self.weight.accumulate(dw.reshape(self.weight.data.shape))
             if not need_dx:
                 return None
-            dcols = xp.empty_like(cols)
-            xp.matmul(w2.T, d3, out=dcols.reshape(cols.shape[0], n, p).transpose(1, 0, 2))
             return be.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding,
                              self.dilation)
-        # (N, O, OH, OW) -> (O, N*OH*OW), one copy
+        # grouped: (N, O, OH, OW) -> (O, N*OH*OW), one copy, then one GEMM per group
         d2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, -1)
         if self.bias is not None:
             self.bias.accumulate(d2.sum(axis=1))
-        if self.groups == 1:
-            # (cols @ d2ᵀ)ᵀ: OpenBLAS runs this orientation ~1.5x faster than d2 @ colsᵀ
-            self.weight.accumulate((cols @ d2.T).T.reshape(self.weight.data.shape))
-        else:
-            g, og, rows = self.groups, o // self.groups, w2.shape[1]
-            dw = xp.empty_like(w2)
-            for k in range(g):
-                ds, cs = slice(k * og, (k + 1) * og), slice(k * rows, (k + 1) * rows)
-                xp.matmul(d2[ds], cols[cs].T, out=dw[ds])
-            self.weight.accumulate(dw.reshape(self.weight.data.shape))
+        g, og, rows = self.groups, o // self.groups, w2.shape[1]
+        dw = xp.empty_like(w2)
+        for k in range(g):
+            ds, cs = slice(k * og, (k + 1) * og), slice(k * rows, (k + 1) * rows)
+            xp.matmul(d2[ds], cols[cs].T, out=dw[ds])
+        self.weight.accumulate(dw.reshape(self.weight.data.shape))
         if not need_dx:
             return None
-        if self.groups == 1:
-            dcols = w2.T @ d2
-        else:
-            dcols = self._matmul_groups(xp, w2, d2, cols.shape[0], a_t=True)
+        dcols = self._matmul_groups(xp, w2, d2, cols.shape[0], a_t=True)
         return be.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding,
                          self.dilation)
 

@@ -15,7 +15,7 @@ def as_input(x, dtype, layer: str):
     if not be.is_native(x):
         x = be.asarray(x)
     if x.dtype != dtype:
-        if x.dtype.kind in "iub" :
+        if x.dtype.kind in "iub":
             raise TypeError(f"{layer} expects floating-point input of dtype {np.dtype(dtype)}, "
                             f"got {x.dtype}; convert with x.astype('{np.dtype(dtype)}')")
         raise TypeError(f"{layer} has {np.dtype(dtype)} parameters but got {x.dtype} input; "
@@ -33,3 +33,13 @@ def check_float(x, layer: str):
     if x.dtype.kind != "f":
         raise TypeError(f"{layer} expects floating-point input, got {x.dtype}")
     return x
+
+
+def pair(v, name: str) -> tuple:
+    """An int or a 2-sequence as a pair of ints (kernel sizes, strides, paddings)."""
+    if isinstance(v, int):
+        return (v, v)
+    t = tuple(int(a) for a in v)
+    if len(t) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+    return t

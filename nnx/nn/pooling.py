@@ -2,17 +2,8 @@
 from __future__ import annotations
 
 from .. import backend as B
-from .functional import as_array, check_float
+from .functional import as_array, check_float, pair as _pair
 from .module import Module
-
-
-def _pair(v, name):
-    if isinstance(v, int):
-        return (v, v)
-    t = tuple(int(a) for a in v)
-    if len(t) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-    return t
 
 
 class _Pool2d(Module):
