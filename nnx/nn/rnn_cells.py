@@ -193,7 +193,22 @@ class _CellBase(Module):
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
 
 
-class RNNCell(_CellBase):
+class _SingleStateCell(_CellBase):
+    """Cells whose state is ``h`` alone (RNN, GRU): ``forward(x, h=None) -> h'`` and
+    ``backward(dh) -> dx`` or ``(dx, dh_prev)`` when ``h`` was passed."""
+
+    def forward(self, x, h=None):
+        x2 = self._input(x)
+        h2 = self._state(h, x2, "h")
+        out, _ = self._step(x2, h2, None, h is not None)
+        return out[0] if self._unbatched else out
+
+    def backward(self, dh):
+        dx, dh_prev, _, has_state = self._back(dh, None)
+        return (dx, dh_prev) if has_state else dx
+
+
+class RNNCell(_SingleStateCell):
     """Elman cell ``h' = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)`` (see the module docstring
     for the backward equations).
 
@@ -205,16 +220,6 @@ class RNNCell(_CellBase):
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", dtype=None):
         super().__init__(input_size, hidden_size, bias, dtype, mode=check_mode(nonlinearity))
         self.nonlinearity = nonlinearity
-
-    def forward(self, x, h=None):
-        x2 = self._input(x)
-        h2 = self._state(h, x2, "h")
-        out, _ = self._step(x2, h2, None, h is not None)
-        return out[0] if self._unbatched else out
-
-    def backward(self, dh):
-        dx, dh_prev, _, has_state = self._back(dh, None)
-        return (dx, dh_prev) if has_state else dx
 
     def extra_repr(self):
         return super().extra_repr() + f", nonlinearity={self.nonlinearity!r}"
@@ -249,7 +254,7 @@ class LSTMCell(_CellBase):
         return (dx, (dh_prev, dc_prev)) if has_state else dx
 
 
-class GRUCell(_CellBase):
+class GRUCell(_SingleStateCell):
     """GRU cell (gates r, z, n; reset applied to ``W_hn h + b_hn``; equations in the module
     docstring).
 
@@ -259,12 +264,3 @@ class GRUCell(_CellBase):
 
     _mode = "GRU"
 
-    def forward(self, x, h=None):
-        x2 = self._input(x)
-        h2 = self._state(h, x2, "h")
-        out, _ = self._step(x2, h2, None, h is not None)
-        return out[0] if self._unbatched else out
-
-    def backward(self, dh):
-        dx, dh_prev, _, has_state = self._back(dh, None)
-        return (dx, dh_prev) if has_state else dx
