@@ -13,7 +13,7 @@ TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0*.whl))
 
 $(VENV)/.nnx-core:
 	$(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q -e ".[progress,plot,digits]"
+	$(VPY) -m pip install -q -e ".[progress,plot,digits,threads]"
 	touch $@
 
 $(VENV)/.nnx-test: $(VENV)/.nnx-core
