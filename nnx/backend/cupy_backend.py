@@ -292,9 +292,7 @@ class CupyBackend(Backend):
         gy = self._native(gy, "maxpool2d_backward")
         sfx = self._sfx(gy, "maxpool2d_backward")
         xshape, yshape, geo = self._pool_geo(x_shape, kernel, stride, padding)
-        if tuple(gy.shape) != yshape:
-            raise ValueError(f"maxpool2d_backward: gy shape {tuple(gy.shape)} does not match "
-                             f"{yshape}")
+        _check_pooled_grad(gy, yshape, "maxpool2d_backward")
         arg = self.xp.ascontiguousarray(saved, dtype=self.xp.int32)
         gx = self.xp.empty(xshape, dtype=gy.dtype)
         self._launch("pooling", f"maxpool2d_backward_{sfx}", gx.size,
@@ -314,9 +312,7 @@ class CupyBackend(Backend):
         gy = self._native(gy, "avgpool2d_backward")
         sfx = self._sfx(gy, "avgpool2d_backward")
         xshape, yshape, geo = self._pool_geo(x_shape, kernel, stride, padding)
-        if tuple(gy.shape) != yshape:
-            raise ValueError(f"avgpool2d_backward: gy shape {tuple(gy.shape)} does not match "
-                             f"{yshape}")
+        _check_pooled_grad(gy, yshape, "avgpool2d_backward")
         gx = self.xp.empty(xshape, dtype=gy.dtype)
         self._launch("pooling", f"avgpool2d_backward_{sfx}", gx.size,
                      (_i64(gx.size), *geo, _i32(bool(count_include_pad)), gy, gx))
@@ -431,3 +427,8 @@ class CupyBackend(Backend):
         for copied, dst, src in ((p_copy, param, p), (m_copy, m, m_), (v_copy, v, v_)):
             if copied:
                 dst[...] = src
+
+
+def _check_pooled_grad(gy, yshape, what):
+    if tuple(gy.shape) != tuple(yshape):
+        raise ValueError(f"{what}: gy shape {tuple(gy.shape)} does not match {tuple(yshape)}")

@@ -118,11 +118,16 @@ class NumpyBackend(Backend):
     def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
         return cpu_conv.col2im(cols, x_shape, kernel, stride, padding, dilation)
 
-    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow):
+    # groups == 1: batch-chunked (and, for thin column matrices, per-image) GEMMs
+    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow, groups=1):
+        if groups != 1:
+            return super().conv2d_gemm_forward(w2, cols, bias, n, oh, ow, groups)
         return cpu_conv.conv_forward_gemm(w2, cols, bias, n, oh, ow,
                                           cols.shape[0] <= cpu_conv.PER_IMAGE_MAX_ROWS)
 
-    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx):
+    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx, groups=1):
+        if groups != 1:
+            return super().conv2d_gemm_backward(w2, cols, dy, has_bias, need_dx, groups)
         return cpu_conv.conv_backward_gemm(w2, cols, dy, has_bias, need_dx,
                                            cols.shape[0] <= cpu_conv.PER_IMAGE_MAX_ROWS)
 

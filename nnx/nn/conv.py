@@ -23,7 +23,7 @@ class Conv2d(Module):
 
         dL/dW_g = D_g @ cols_gᵀ      dL/db = Σ_{n,oh,ow} δ      dL/dx = col2im(W_gᵀ @ D_g)
 
-    For ``groups == 1`` the GEMM stages are the backend's ``conv2d_gemm_forward/backward``:
+    The GEMM stages are the backend's ``conv2d_gemm_forward/backward``; for ``groups == 1``
     on the CPU they run in batch chunks on a thread pool (``NNX_NUM_THREADS=1`` turns it
     off; partial ``dL/dW``, ``dL/db`` are summed in chunk order), and column matrices with few
     rows (a first layer: 3·3·3 = 27) use per-image products that write NCHW directly.
@@ -91,36 +91,17 @@ class Conv2d(Module):
                 f"{dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}) is larger than the padded input "
                 f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw}")
 
-    def _matmul_groups(self, xp, a, b, out_rows, a_t=False):
-        """``out = A_g @ B_g`` per group, ``A = w2`` (or ``w2ᵀ`` per group with ``a_t``)."""
-        g = self.groups
-        ra, rb, ro = a.shape[0] // g, b.shape[0] // g, out_rows // g
-        out = xp.empty((out_rows, b.shape[1]), dtype=b.dtype)
-        for k in range(g):
-            ak = a[k * ra:(k + 1) * ra].T if a_t else a[k * ra:(k + 1) * ra]
-            xp.matmul(ak, b[k * rb:(k + 1) * rb], out=out[k * ro:(k + 1) * ro])
-        return out
-
     def forward(self, x):
         be = B.get()
         x = as_input(x, self.weight.data.dtype, "Conv2d")
         self._check(x)
-        xp = be.xp
         n = x.shape[0]
         _, o, oh, ow = self.output_shape(x.shape)
         w2 = self.weight.data.reshape(o, -1)
         bias = None if self.bias is None else self.bias.data
         cols = be.im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
         self._ctx = (cols, x.shape)
-        if self.groups == 1:
-            return be.conv2d_gemm_forward(w2, cols, bias, n, oh, ow)
-        y = self._matmul_groups(xp, w2, cols, o).reshape(o, n, oh, ow)
-        out = xp.empty((n, o, oh, ow), dtype=x.dtype)
-        if bias is not None:
-            xp.add(y.transpose(1, 0, 2, 3), bias.reshape(1, o, 1, 1), out=out)
-        else:
-            out[...] = y.transpose(1, 0, 2, 3)
-        return out
+        return be.conv2d_gemm_forward(w2, cols, bias, n, oh, ow, self.groups)
 
     def backward(self, dy):
         return self._backward(dy, need_dx=True)
@@ -139,32 +120,14 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d.backward: dy has shape {tuple(dy.shape)}, expected "
                              f"{tuple(expected)} (the output of the last forward)")
         be = B.get()
-        xp = be.xp
-        o = self.out_channels
-        w2 = self.weight.data.reshape(o, -1)
-        if self.groups == 1:
-            dw, db, dcols = be.conv2d_gemm_backward(w2, cols, dy, self.bias is not None,
-                                                    need_dx)
-            if db is not None:
-                self.bias.accumulate(db)
-            self.weight.accumulate(dw.reshape(self.weight.data.shape))
-            if not need_dx:
-                return None
-            return be.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding,
-                             self.dilation)
-        # grouped: (N, O, OH, OW) -> (O, N*OH*OW), one copy, then one GEMM per group
-        d2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, -1)
-        if self.bias is not None:
-            self.bias.accumulate(d2.sum(axis=1))
-        g, og, rows = self.groups, o // self.groups, w2.shape[1]
-        dw = xp.empty_like(w2)
-        for k in range(g):
-            ds, cs = slice(k * og, (k + 1) * og), slice(k * rows, (k + 1) * rows)
-            xp.matmul(d2[ds], cols[cs].T, out=dw[ds])
+        w2 = self.weight.data.reshape(self.out_channels, -1)
+        dw, db, dcols = be.conv2d_gemm_backward(w2, cols, dy, self.bias is not None, need_dx,
+                                                self.groups)
+        if db is not None:
+            self.bias.accumulate(db)
         self.weight.accumulate(dw.reshape(self.weight.data.shape))
         if not need_dx:
             return None
-        dcols = self._matmul_groups(xp, w2, d2, cols.shape[0], a_t=True)
         return be.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding,
                          self.dilation)
 
