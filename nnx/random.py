@@ -23,16 +23,11 @@ def host_rng() -> np.random.Generator:
 
 def get_rng_state() -> dict:
     from . import backend
-    b = backend.get()
-    state = {"host": _host_rng.bit_generator.state}
-    if hasattr(b, "rng_state"):
-        state["backend"] = b.rng_state()
-    return state
+    return {"host": _host_rng.bit_generator.state, "backend": backend.get().rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
     from . import backend
     _host_rng.bit_generator.state = state["host"]
-    b = backend.get()
-    if "backend" in state and hasattr(b, "set_rng_state"):
-        b.set_rng_state(state["backend"])
+    if "backend" in state:
+        backend.get().set_rng_state(state["backend"])

@@ -58,6 +58,14 @@ class Backend(ABC):
     def randint(self, low: int, high: int, shape):
         """Integer samples in [low, high) of ``shape`` on this backend (int64)."""
 
+    @abstractmethod
+    def rng_state(self):
+        """The generator's state as JSON-able data (checkpoints store it for exact resume)."""
+
+    @abstractmethod
+    def set_rng_state(self, state) -> None:
+        """Restore a state returned by :meth:`rng_state`."""
+
     # ---------------------------------------------------------------- element-wise fused ops
     @abstractmethod
     def tanh_backward(self, y, gy):

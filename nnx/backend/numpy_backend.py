@@ -37,8 +37,10 @@ class NumpyBackend(Backend):
         self._rng = np.random.default_rng(seed)
 
     def random(self, shape, dtype="float32"):
-        return self._rng.random(shape, dtype=np.dtype(dtype)) if np.dtype(dtype) in (
-            np.float32, np.float64) else self._rng.random(shape).astype(dtype)
+        dt = np.dtype(dtype)
+        if dt in (np.float32, np.float64):
+            return self._rng.random(shape, dtype=dt)
+        return self._rng.random(shape).astype(dt)
 
     def randint(self, low, high, shape):
         return self._rng.integers(low, high, size=shape, dtype=np.int64)
