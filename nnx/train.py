@@ -442,7 +442,8 @@ def train(args) -> dict:
                             f"{optimizer.param_groups[0]['lr']:.4g}); stopped before the "
                             f"update; {kept}. Try a lower --lr or --warmup-epochs.")
                     optimizer.zero_grad()
-                    model.backward(criterion.backward(), input_grad=False)  # images need no gradient
+                    # the images need no gradient: skip the first layer's dL/dx
+                    model.backward(criterion.backward(), input_grad=False)
                     optimizer.step()
                     lr_used = optimizer.param_groups[0]["lr"]
                     scheduler.step()
@@ -463,8 +464,7 @@ def train(args) -> dict:
                         break
             finally:
                 progress.close()
-            if be.name != "cpu":
-                be.synchronize()
+            be.synchronize()  # a no-op on the CPU; on the GPU the epoch's time is real
             train_seconds = partial["seconds"] + time.perf_counter() - t0
             if not _all_finite(model):
                 raise TrainingDiverged(
