@@ -1,9 +1,11 @@
-"""Build hook: ship the CUDA kernel sources inside the package.
+"""Build hook: ship the kernel sources inside the package.
 
-The kernels live at ``<repo>/kernels/*.cu`` (outside the ``nnx`` package, so they are easy to
-compile and test on their own).  ``build_py`` copies them to ``nnx/kernels/*.cu`` in the build
-tree, so wheels (and ``pip install .``) contain them where ``nnx.backend.kernel_loader``
-looks first.  All other metadata is in pyproject.toml.
+The kernels live at ``<repo>/kernels/*.cu`` (CUDA) and ``<repo>/kernels/cpu/*.[ch]`` (C, for
+the CPU backend), outside the ``nnx`` package so they are easy to compile and test on their
+own.  ``build_py`` copies them to ``nnx/kernels/`` in the build tree, so wheels (and
+``pip install .``) contain them where ``nnx.backend.kernel_loader`` and
+``nnx.backend.native`` look first.  Both are compiled at first use, not here: the wheel stays
+pure Python.  All other metadata is in pyproject.toml.
 """
 import shutil
 from pathlib import Path
@@ -14,20 +16,27 @@ from setuptools.command.build_py import build_py
 HERE = Path(__file__).resolve().parent
 
 
+def kernel_sources():
+    """Paths relative to ``kernels/`` of every shipped source."""
+    root = HERE / "kernels"
+    found = sorted(root.glob("*.cu")) + sorted(root.glob("cpu/*.c")) + sorted(root.glob("cpu/*.h"))
+    return [p.relative_to(root) for p in found]
+
+
 class build_py_with_kernels(build_py):
     def run(self):
         super().run()
-        sources = sorted((HERE / "kernels").glob("*.cu"))
-        if not sources:
-            raise RuntimeError(f"no CUDA kernel sources found in {HERE / 'kernels'}")
+        sources = kernel_sources()
+        if not any(p.suffix == ".cu" for p in sources) or not any(p.suffix == ".c" for p in sources):
+            raise RuntimeError(f"kernel sources (*.cu, cpu/*.c) missing in {HERE / 'kernels'}")
         dest = Path(self.build_lib) / "nnx" / "kernels"
-        dest.mkdir(parents=True, exist_ok=True)
-        for src in sources:
-            shutil.copyfile(src, dest / src.name)
+        for rel in sources:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(HERE / "kernels" / rel, dest / rel)
 
     def get_outputs(self, include_bytecode=True):
         dest = Path(self.build_lib) / "nnx" / "kernels"
-        extra = [str(dest / p.name) for p in sorted((HERE / "kernels").glob("*.cu"))]
+        extra = [str(dest / rel) for rel in kernel_sources()]
         return list(super().get_outputs(include_bytecode)) + extra
 
 

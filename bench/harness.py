@@ -200,6 +200,9 @@ def machine(backend) -> dict:
         info["nnx"] = nnx.__version__
     except ImportError:
         pass
+    if backend.name == "cpu":
+        from nnx.backend import native
+        info["cpu_kernels"] = native.describe()      # C kernels or the NumPy fallback
     if backend.name == "cuda":
         import cupy
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)

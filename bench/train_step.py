@@ -179,10 +179,14 @@ def bench_one(np, nnx, be, torch, device, name, n, args):
 
 
 def profile_layers(be, model, crit, x, y, repeats=10):
-    """Median forward/backward time of each top-level child of a Sequential model."""
+    """Median forward/backward time of each top-level child of a Sequential model, run in
+    the order ``Sequential.forward`` runs them (a ReLU after the MaxPool2d that follows it)."""
     import statistics
     import time
-    mods = list(model.named_children())
+    names = {id(m): k for k, m in model.named_children()}
+    order = model._execution_order() if hasattr(model, "_execution_order") else \
+        [m for _, m in model.named_children()]
+    mods = [(names[id(m)], m) for m in order]
     fw = {k: [] for k, _ in mods}
     bw = {k: [] for k, _ in mods}
     for _ in range(repeats + 2):

@@ -67,3 +67,14 @@ def test_ops_smoke(tmp_path):
         if r["op"] in ("tanh backward", "SGD momentum step", "Adam step"):
             assert r["nnx"]["gb_per_s"] > 0
     assert (tmp_path / "ops_cpu.md").read_text().startswith("# nnx per-operation timings")
+
+
+def test_cpu_paths_smoke(tmp_path):
+    out = _run("cpu_paths.py", tmp_path)
+    payload = json.loads((tmp_path / "cpu_paths.json").read_text())
+    _machine_ok(payload)
+    assert payload["machine"]["cpu_kernels"]          # says which CPU path was available
+    assert set(payload["results"]) == {"numpy", "c", "c+reorder"}
+    for r in payload["results"].values():
+        assert r["median_ms"] > 0 and len(r["samples_ms"]) == 2
+    assert "vs numpy" in out and "| c+reorder |" in (tmp_path / "cpu_paths.md").read_text()

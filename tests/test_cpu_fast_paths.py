@@ -149,12 +149,15 @@ def test_backward_params_skips_input_gradient(rng, monkeypatch):
 
 
 # ------------------------------------------------------------------------- batch-parallel CPU paths
+@pytest.mark.parametrize("kernels", ["0", "auto"])
 @pytest.mark.parametrize("threads", ["2", "3"])
-def test_parallel_and_serial_paths_agree(rng, monkeypatch, threads):
-    """NNX_NUM_THREADS=1 (serial) vs batch chunks on the thread pool: forward outputs and
-    input gradients identical, parameter gradients equal up to float32 summation order."""
+def test_parallel_and_serial_paths_agree(rng, monkeypatch, threads, kernels):
+    """NNX_NUM_THREADS=1 (serial) vs batch chunks on the thread pool, with the NumPy path
+    (NNX_CPU_KERNELS=0) and with the C kernels where they build: forward outputs and input
+    gradients identical, parameter gradients equal up to float32 summation order."""
     import nnx.models
-    from nnx.backend import cpu_parallel
+    from nnx.backend import cpu_direct, cpu_parallel
+    monkeypatch.setenv("NNX_CPU_KERNELS", kernels)
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)   # split even these small tensors
     calls = []
     real = cpu_parallel.parallel_chunks
@@ -164,6 +167,7 @@ def test_parallel_and_serial_paths_agree(rng, monkeypatch, threads):
         return real(n, fn, min_items)
 
     monkeypatch.setattr(cpu_conv, "parallel_chunks", spy)
+    monkeypatch.setattr(cpu_direct, "parallel_chunks", spy)
     x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 10, size=5)
     results = {}
@@ -230,3 +234,32 @@ def test_parallel_pool_works_in_forked_child(monkeypatch):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# ------------------------------------------------------------------------- ReLU / MaxPool order
+@pytest.mark.parametrize("pool_args", [(2,), (3, 2, 1), (3, 1)])
+def test_sequential_runs_relu_after_maxpool_with_identical_results(rng, pool_args):
+    """Sequential runs [ReLU, MaxPool2d] as [MaxPool2d, ReLU]: output and gradient must equal
+    the literal order (the modules applied one by one), ties, zeros and negatives included."""
+    x = rng.integers(-3, 3, size=(2, 3, 7, 6)).astype(np.float64)     # many ties and zeros
+    x[0, 0, :2, :2] = -1.0                                               # an all-negative window
+    seq = Sequential(ReLU(), MaxPool2d(*pool_args))
+    relu, pool = ReLU(), MaxPool2d(*pool_args)
+    y = seq(x)
+    y_ref = pool(relu(x))
+    np.testing.assert_array_equal(y, y_ref)
+    assert seq._order[0] is seq[1] and seq._order[1] is seq[0]          # really reordered
+    assert seq[0]._y.shape == y.shape                                    # ReLU saw pooled size
+    gy = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(seq.backward(gy), relu.backward(pool.backward(gy)))
+
+
+def test_sequential_relu_maxpool_nan_propagates_like_literal_order():
+    x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4) - 8
+    x[0, 0, 0, 1] = np.nan
+    seq, relu, pool = Sequential(ReLU(), MaxPool2d(2)), ReLU(), MaxPool2d(2)
+    y, y_ref = seq(x), pool(relu(x))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(y[~np.isnan(y)], y_ref[~np.isnan(y_ref)])
+    gy = np.ones_like(y)
+    np.testing.assert_array_equal(seq.backward(gy), relu.backward(pool.backward(gy)))

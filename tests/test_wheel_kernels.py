@@ -1,4 +1,5 @@
-"""The wheel ships kernels/*.cu as nnx/kernels/*.cu, and kernel_loader finds them there.
+"""The wheel ships kernels/*.cu as nnx/kernels/*.cu (and kernels/cpu/*.[ch] as
+nnx/kernels/cpu/), and kernel_loader / native find them there.
 
 Builds offline (``--no-build-isolation``) from a copy of the project in a temp dir, so the
 checkout gets no build/ or egg-info litter.
@@ -17,6 +18,7 @@ from nnx.backend import kernel_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = sorted(p.name for p in (ROOT / "kernels").glob("*.cu"))
+CPU_KERNELS = sorted(f"cpu/{p.name}" for p in (ROOT / "kernels" / "cpu").glob("*.[ch]"))
 _COPY = ["nnx", "kernels", "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE"]
 
 
@@ -43,12 +45,13 @@ def wheel(tmp_path_factory):
 @pytest.mark.slow
 def test_wheel_contains_every_kernel(wheel):
     assert KERNELS, "no kernels/*.cu in the checkout"
+    assert any(k.endswith(".c") for k in CPU_KERNELS), "no kernels/cpu/*.c in the checkout"
     names = set(zipfile.ZipFile(wheel).namelist())
-    missing = [k for k in KERNELS if f"nnx/kernels/{k}" not in names]
+    missing = [k for k in KERNELS + CPU_KERNELS if f"nnx/kernels/{k}" not in names]
     assert not missing, f"kernel sources missing from {wheel.name}: {missing}"
     # shipped byte-for-byte
     with zipfile.ZipFile(wheel) as z:
-        for k in KERNELS:
+        for k in KERNELS + CPU_KERNELS:
             assert z.read(f"nnx/kernels/{k}") == (ROOT / "kernels" / k).read_bytes()
 
 
@@ -67,6 +70,31 @@ def test_loader_finds_installed_layout(wheel, tmp_path, monkeypatch):
                          text=True, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()) == pkg / "kernels"
+
+
+@pytest.mark.slow
+def test_installed_package_builds_its_c_kernels(wheel, tmp_path):
+    """A fresh process importing the unpacked wheel compiles kernels/cpu from the installed
+    copy (NNX_CPU_KERNELS=1: an error, not a silent fallback) and runs a convolution with it."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler on this machine")
+    site = tmp_path / "site-packages"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("import numpy as np, nnx\n"
+            "from nnx.backend import native\n"
+            "print(native.source_dir())\n"
+            "c = nnx.nn.Conv2d(2, 3, 3, padding=1)\n"
+            "y = c(np.ones((1, 2, 5, 5), np.float32))\n"
+            "print(c._ctx[0][0], y.shape)\n")
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "NNX_CPU_KERNELS": "1",
+           "NNX_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    src_dir, ran = out.stdout.strip().splitlines()
+    assert Path(src_dir) == site / "nnx" / "kernels" / "cpu"
+    assert ran == "direct (1, 3, 5, 5)"
+    assert list((tmp_path / "cache" / "cpu-kernels").glob("conv2d-*.so"))
 
 
 def test_loader_finds_checkout_layout(monkeypatch):

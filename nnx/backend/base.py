@@ -110,6 +110,33 @@ class Backend(ABC):
     def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
         """Adjoint of :meth:`im2col`: sums column entries back into an ``x_shape`` array."""
 
+    def conv2d_forward(self, x, w, bias, stride, padding, dilation, groups=1):
+        """Convolution ``y (N,O,OH,OW)`` of ``x (N,C,H,W)`` with ``w (O,C/g,KH,KW)`` (+ bias);
+        returns ``(y, saved)``, ``saved`` opaque, for :meth:`conv2d_backward`.  Generic
+        version: :meth:`im2col` + :meth:`conv2d_gemm_forward`; backends may compute it
+        another way (the NumPy backend's C kernels convolve directly)."""
+        n, _, h, wd = x.shape
+        o, _, kh, kw = w.shape
+        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        cols = self.im2col(x, (kh, kw), stride, padding, dilation)
+        y = self.conv2d_gemm_forward(w.reshape(o, -1), cols, bias, n, oh, ow, groups)
+        return y, ("im2col", cols, tuple(x.shape))
+
+    def conv2d_backward(self, dy, saved, w, has_bias, need_dx, stride, padding, dilation,
+                        groups=1):
+        """Gradients of :meth:`conv2d_forward` for ``δ = dy``: ``(dx or None, dW (shape of
+        w), db (O,) or None)`` with ``dW = D @ colsᵀ``, ``db = Σ δ``, ``dx = col2im(Wᵀ @ D)``
+        per group.  ``need_dx=False`` skips ``dx`` (a first layer)."""
+        _, cols, x_shape = saved
+        o, _, kh, kw = w.shape
+        dw, db, dcols = self.conv2d_gemm_backward(w.reshape(o, -1), cols, dy, has_bias,
+                                                  need_dx, groups)
+        dx = (self.col2im(dcols, x_shape, (kh, kw), stride, padding, dilation)
+              if need_dx else None)
+        return dx, dw.reshape(w.shape), db
+
     def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow, groups=1):
         """``y (N,O,OH,OW) = w2_g (O/g, K/g) @ cols_g (K/g, N·OH·OW) (+ bias)`` for each group
         ``g`` — the GEMM stage of a convolution (``K = C·KH·KW``).  Generic version; backends

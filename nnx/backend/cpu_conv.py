@@ -257,6 +257,12 @@ def _cropped(dxpad, ph, pw, h, w):
 
 
 # ------------------------------------------------------------------------- max pooling
+def pool_output_size(x_shape, kernel, stride, padding):
+    """``(OH, OW)`` of a pooling window geometry, after checking its padding."""
+    _check_pool_padding(kernel, padding)
+    return _geometry(tuple(x_shape), kernel, stride, padding)[-2:]
+
+
 def maxpool2d_forward(x, kernel, stride, padding):
     """``y = max`` over each window, padding counting as ``-inf``.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Backend
-from . import cpu_conv, cpu_rnn
+from . import cpu_conv, cpu_direct, cpu_rnn
 from .cpu_parallel import parallel_chunks
 
 
@@ -120,6 +120,21 @@ class NumpyBackend(Backend):
     def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
         return cpu_conv.col2im(cols, x_shape, kernel, stride, padding, dilation)
 
+    # stride 1, groups 1: the C kernels' direct convolution when they are available
+    def conv2d_forward(self, x, w, bias, stride, padding, dilation, groups=1):
+        if cpu_direct.conv_supported(x.dtype, stride, padding, dilation, w.shape[2:], groups):
+            y, x_c = cpu_direct.conv2d_forward(x, w, bias, padding, dilation)
+            return y, ("direct", x_c)
+        return super().conv2d_forward(x, w, bias, stride, padding, dilation, groups)
+
+    def conv2d_backward(self, dy, saved, w, has_bias, need_dx, stride, padding, dilation,
+                        groups=1):
+        if saved[0] == "direct":
+            return cpu_direct.conv2d_backward(saved[1], w, dy, has_bias, need_dx, padding,
+                                              dilation)
+        return super().conv2d_backward(dy, saved, w, has_bias, need_dx, stride, padding,
+                                       dilation, groups)
+
     # groups == 1: batch-chunked (and, for thin column matrices, per-image) GEMMs
     def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow, groups=1):
         if groups != 1:
@@ -134,9 +149,14 @@ class NumpyBackend(Backend):
                                            cols.shape[0] <= cpu_conv.PER_IMAGE_MAX_ROWS)
 
     def maxpool2d_forward(self, x, kernel, stride, padding):
+        if cpu_direct.pool_supported(x.dtype):
+            oh, ow = cpu_conv.pool_output_size(x.shape, kernel, stride, padding)
+            return cpu_direct.maxpool2d_forward(x, kernel, stride, padding, oh, ow)
         return cpu_conv.maxpool2d_forward(x, kernel, stride, padding)
 
     def maxpool2d_backward(self, gy, saved, x_shape, kernel, stride, padding):
+        if isinstance(saved, cpu_direct.PoolIndices):
+            return cpu_direct.maxpool2d_backward(gy, saved, tuple(x_shape))
         return cpu_conv.maxpool2d_backward(gy, saved, x_shape, kernel, stride, padding)
 
     def avgpool2d_forward(self, x, kernel, stride, padding, count_include_pad=True):

@@ -1,12 +1,20 @@
 """Containers whose backward composes their children's backward automatically."""
 from __future__ import annotations
 
+from .activation import ReLU
 from .module import Module
+from .pooling import MaxPool2d
 
 
 class Sequential(Module):
     """``y = f_K(... f_1(f_0(x)))``; backward applies the children's backward in reverse,
-    so ``dL/dx = J_0ᵀ J_1ᵀ ... J_Kᵀ dL/dy`` (the seeds' recursive chain rule)."""
+    so ``dL/dx = J_0ᵀ J_1ᵀ ... J_Kᵀ dL/dy`` (the seeds' recursive chain rule).
+
+    One exact reordering: a ``ReLU`` directly followed by a ``MaxPool2d`` runs *after* it.
+    ReLU is monotone, so ``maxpool(relu(x)) = relu(maxpool(x))`` bit for bit, and the
+    gradients agree too: both send ``dL/dy`` to the window's first maximum when it is
+    positive, and nowhere otherwise.  The ReLU then touches ``1/(KH·KW)`` of the elements.
+    """
 
     def __init__(self, *modules):
         super().__init__()
@@ -33,8 +41,16 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
+    def _execution_order(self):
+        mods = list(self._modules.values())
+        for i in range(len(mods) - 1):
+            if type(mods[i]) is ReLU and isinstance(mods[i + 1], MaxPool2d):
+                mods[i], mods[i + 1] = mods[i + 1], mods[i]
+        return mods
+
     def forward(self, x):
-        for m in self._modules.values():
+        self._order = self._execution_order()
+        for m in self._order:
             x = m(x)
         return x
 
@@ -47,7 +63,7 @@ class Sequential(Module):
         which e.g. spares a first ``Conv2d`` its ``col2im``), and ``None`` is returned.
         Parameter gradients are identical either way.
         """
-        mods = list(self._modules.values())
+        mods = getattr(self, "_order", None) or list(self._modules.values())
         if input_grad:
             for m in reversed(mods):
                 dy = m.backward(dy)

@@ -1,4 +1,4 @@
-"""2-D convolution as im2col + one matrix product per group."""
+"""2-D convolution (PyTorch's Conv2d); the arithmetic is the backend's conv2d_forward/backward."""
 from __future__ import annotations
 
 import math
@@ -17,16 +17,20 @@ class Conv2d(Module):
         y[n,o,oh,ow] = b[o] + Σ_{c∈group(o), i, j} W[o,c,i,j] · xpad[n, c, oh·sh + i·dh, ow·sw + j·dw]
         OH = (H + 2·ph - dh·(KH-1) - 1) // sh + 1      (same for OW)
 
-    Computed as ``Y_g = W_g.reshape(O/g, -1) @ cols_g`` with ``cols = im2col(x)`` of shape
-    ``(C·KH·KW, N·OH·OW)`` (layout in ``nnx/backend/base.py``).  With ``δ = dL/dy`` arranged
-    as ``D (O, N·OH·OW)``, backward is (seeds: ∂L/∂W[o,c,u,v] = Σ δ[o,i,j]·X[c, i+u, j+v])::
+    With ``δ = dL/dy`` the gradients are (seeds: ∂L/∂W[o,c,u,v] = Σ δ[o,i,j]·X[c, i+u, j+v])::
 
-        dL/dW_g = D_g @ cols_gᵀ      dL/db = Σ_{n,oh,ow} δ      dL/dx = col2im(W_gᵀ @ D_g)
+        dL/dW[o,c,i,j] = Σ_{n,oh,ow} δ[n,o,oh,ow] · xpad[n, c, oh·sh + i·dh, ow·sw + j·dw]
+        dL/db[o]       = Σ_{n,oh,ow} δ[n,o,oh,ow]
+        dL/dx          = the adjoint: each δ·W product added back at the pixel it read
 
-    The GEMM stages are the backend's ``conv2d_gemm_forward/backward``; for ``groups == 1``
-    on the CPU they run in batch chunks on a thread pool (``NNX_NUM_THREADS=1`` turns it
-    off; partial ``dL/dW``, ``dL/db`` are summed in chunk order), and column matrices with few
-    rows (a first layer: 3·3·3 = 27) use per-image products that write NCHW directly.
+    How the backend computes them is its business (``Backend.conv2d_forward/backward``):
+
+    * generic (and the CUDA backend): ``cols = im2col(x)`` of shape ``(C·KH·KW, N·OH·OW)``,
+      ``Y_g = W_g.reshape(O/g, -1) @ cols_g``, ``dW_g = D_g @ cols_gᵀ``,
+      ``dx = col2im(W_gᵀ @ D_g)`` (layout in ``nnx/backend/base.py``);
+    * CPU, stride 1 and ``groups == 1``: the C kernels' direct convolution
+      (``nnx/backend/cpu_direct.py``), with im2col + GEMM as the fallback
+      (``NNX_CPU_KERNELS=0``).  Both run in batch chunks on ``NNX_NUM_THREADS`` threads.
 
     ``backward_params(dy)`` (used by ``Sequential.backward(dy, input_grad=False)``) skips
     ``dL/dx`` and its col2im.
@@ -92,44 +96,37 @@ class Conv2d(Module):
                 f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw}")
 
     def forward(self, x):
-        be = B.get()
         x = as_input(x, self.weight.data.dtype, "Conv2d")
         self._check(x)
-        n = x.shape[0]
-        _, o, oh, ow = self.output_shape(x.shape)
-        w2 = self.weight.data.reshape(o, -1)
         bias = None if self.bias is None else self.bias.data
-        cols = be.im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
-        self._ctx = (cols, x.shape)
-        return be.conv2d_gemm_forward(w2, cols, bias, n, oh, ow, self.groups)
+        y, saved = B.get().conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
+                                          self.dilation, self.groups)
+        self._ctx = (saved, tuple(x.shape))
+        return y
 
     def backward(self, dy):
         return self._backward(dy, need_dx=True)
 
     def backward_params(self, dy):
-        """Accumulate ``dL/dW`` and ``dL/db`` only (no ``dL/dx``, no col2im)."""
+        """Accumulate ``dL/dW`` and ``dL/db`` only (no ``dL/dx``)."""
         self._backward(dy, need_dx=False)
         return None
 
     def _backward(self, dy, need_dx):
         if self._ctx is None:
             raise RuntimeError("Conv2d.backward called before forward")
-        cols, x_shape = self._ctx
+        saved, x_shape = self._ctx
         expected = self.output_shape(x_shape)
         if tuple(dy.shape) != tuple(expected):
             raise ValueError(f"Conv2d.backward: dy has shape {tuple(dy.shape)}, expected "
                              f"{tuple(expected)} (the output of the last forward)")
-        be = B.get()
-        w2 = self.weight.data.reshape(self.out_channels, -1)
-        dw, db, dcols = be.conv2d_gemm_backward(w2, cols, dy, self.bias is not None, need_dx,
-                                                self.groups)
+        dx, dw, db = B.get().conv2d_backward(dy, saved, self.weight.data, self.bias is not None,
+                                             need_dx, self.stride, self.padding, self.dilation,
+                                             self.groups)
         if db is not None:
             self.bias.accumulate(db)
-        self.weight.accumulate(dw.reshape(self.weight.data.shape))
-        if not need_dx:
-            return None
-        return be.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding,
-                         self.dilation)
+        self.weight.accumulate(dw)
+        return dx
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -1,0 +1,59 @@
+/* CPU convolution kernels for nnx's NumPy backend (stride 1, any padding and dilation).
+ * Compiled at first use by nnx/backend/native.py with the system C compiler and loaded with
+ * ctypes; the NumPy im2col + GEMM path is the fallback and the reference they are tested
+ * against.  Each call handles a range of images; Python splits the batch over threads
+ * (ctypes releases the GIL during the call).  Plain C99 + GCC/Clang vector extensions. */
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define VBYTES 64
+#ifndef OB
+#define OB 8          /* forward: output channels per block   (OB*PV accumulators) */
+#define PV 2          /* forward: vectors of positions per block */
+#endif
+#ifndef WOB
+#define WOB 4         /* weight gradient: output channels per block (WOB*WKB accumulators) */
+#define WKB 4         /* weight gradient: (c, i, j) rows per block */
+#endif
+#elif defined(__AVX__)
+#define VBYTES 32
+#define OB 4
+#define PV 2
+#define WOB 2
+#define WKB 4
+#else
+#define VBYTES 16
+#define OB 4
+#define PV 2
+#define WOB 2
+#define WKB 4
+#endif
+
+typedef float vf32 __attribute__((vector_size(VBYTES)));
+typedef float vf32u __attribute__((vector_size(VBYTES), aligned(4)));
+typedef double vf64 __attribute__((vector_size(VBYTES)));
+typedef double vf64u __attribute__((vector_size(VBYTES), aligned(8)));
+
+#define T float
+#define VT vf32
+#define VTU vf32u
+#define FN(name) name##_f32
+#include "conv2d_impl.h"
+#undef T
+#undef VT
+#undef VTU
+#undef FN
+
+#define T double
+#define VT vf64
+#define VTU vf64u
+#define FN(name) name##_f64
+#include "conv2d_impl.h"
+#undef T
+#undef VT
+#undef VTU
+#undef FN
+
+/* Lets the loader check it opened the library it built. */
+int nnx_conv2d_abi(void) { return 1; }

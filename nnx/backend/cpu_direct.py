@@ -1,0 +1,150 @@
+"""The C kernels' convolution and max pooling for the NumPy backend (``kernels/cpu/*.c``).
+
+Direct convolution, stride 1 (any padding and dilation, ``groups == 1``), as in
+``kernels/cpu/conv2d_impl.h``::
+
+    forward   y = b + W ⋆ x                      (no im2col matrix: offsets are runs of x)
+    dL/dW     = Σ_n dy_n ⋆ x_n,   dL/db = Σ dy
+    dL/dx     = W' ⋆ dy  with  W'[c,o,i,j] = W[o,c,KH-1-i,KW-1-j]
+              and padding (dh·(KH-1) - ph, dw·(KW-1) - pw)
+
+The last line is the forward kernel again: the transposed convolution of a stride-1
+convolution is a stride-1 convolution with the flipped, channel-swapped kernel.  It needs
+``ph ≤ dh·(KH-1)`` (no output reads only padding); :func:`conv_supported` says when these
+kernels apply, callers use im2col + GEMM otherwise.
+
+Max pooling: one pass writes the output and PyTorch-style indices (``h*W + w`` per plane), the
+backward scatters into a zeroed ``dx``.
+
+Every routine splits the batch into ``NNX_NUM_THREADS`` chunks (``cpu_parallel``); ctypes
+drops the GIL during each C call, so chunks run in parallel.  Weight and bias gradients are
+summed per chunk, then in chunk order (deterministic for a given thread count).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import native
+from .cpu_conv import min_items
+from .cpu_parallel import parallel_chunks
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _ptr(a):
+    return None if a is None else a.ctypes.data
+
+
+def conv_supported(dtype, stride, padding, dilation, kernel, groups) -> bool:
+    """True when the C convolution handles this geometry (and the C kernels are available)."""
+    (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
+    if (np.dtype(dtype) not in _DTYPES or tuple(stride) != (1, 1) or groups != 1
+            or ph > dh * (kh - 1) or pw > dw * (kw - 1)):
+        return False
+    return native.library("conv2d") is not None
+
+
+def _forward(x, w, bias, padding, dilation):
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (ph, pw), (dh, dw) = padding, dilation
+    oh, ow = h + 2 * ph - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w, dtype=x.dtype)
+    bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    y = np.empty((n, o, oh, ow), dtype=x.dtype)
+    fn = native.function("conv2d", "conv2d_forward", x.dtype)
+
+    def part(a, b):
+        if fn(_ptr(x[a:b]), _ptr(w), _ptr(bias), _ptr(y[a:b]), b - a, c, h, wd, o, kh, kw,
+              ph, pw, dh, dw):
+            raise MemoryError("conv2d_forward: out of memory for its work buffers")
+
+    parallel_chunks(n, part, min_items(o * oh * ow))
+    return y
+
+
+def conv2d_forward(x, w, bias, padding, dilation):
+    """``(y, x)``: ``y (N,O,OH,OW) = conv(x, w) + bias`` with stride 1, and the C-ordered
+    ``x`` it read (what :func:`conv2d_backward` needs; no second copy of a strided input)."""
+    x = np.ascontiguousarray(x)
+    return _forward(x, w, bias, padding, dilation), x
+
+
+def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation):
+    """``(dx or None, dW, db or None)`` of :func:`conv2d_forward` for ``dy``."""
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (ph, pw), (dh, dw) = padding, dilation
+    x = np.ascontiguousarray(x)          # the C code reads raw C-ordered memory
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    fn = native.function("conv2d", "conv2d_backward_weight", x.dtype)
+
+    def part(a, b):
+        dw_part = np.zeros(w.shape, dtype=x.dtype)
+        db_part = np.zeros(o, dtype=x.dtype) if has_bias else None
+        if fn(_ptr(x[a:b]), _ptr(dy[a:b]), _ptr(dw_part), _ptr(db_part), b - a, c, h, wd, o,
+              kh, kw, ph, pw, dh, dw):
+            raise MemoryError("conv2d_backward_weight: out of memory for its work buffers")
+        return dw_part, db_part
+
+    parts = parallel_chunks(n, part, min_items(o * dy.shape[2] * dy.shape[3]))
+    dW, db = parts[0]
+    for dwi, dbi in parts[1:]:            # fixed order: chunk 0 + chunk 1 + ...
+        dW += dwi
+        if has_bias:
+            db += dbi
+    dx = None
+    if need_dx:
+        w_t = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        dx = _forward(dy, w_t, None, (dh * (kh - 1) - ph, dw * (kw - 1) - pw), dilation)
+    return dx, dW, db
+
+
+# ------------------------------------------------------------------------- max pooling
+class PoolIndices:
+    """What the C max pool saves for its backward: ``h*W + w`` of each window's maximum."""
+    __slots__ = ("idx", "dtype")
+
+    def __init__(self, idx, dtype):
+        self.idx, self.dtype = idx, dtype
+
+
+def pool_supported(dtype) -> bool:
+    return np.dtype(dtype) in _DTYPES and native.library("maxpool2d") is not None
+
+
+def maxpool2d_forward(x, kernel, stride, padding, oh, ow):
+    """``(y, PoolIndices)``; the caller has checked the geometry (``padding ≤ kernel/2``)."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    x = np.ascontiguousarray(x)
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    idx = np.empty((n, c, oh, ow), dtype=np.int32)
+    fn = native.function("maxpool2d", "maxpool2d_forward", x.dtype)
+
+    def part(a, b):
+        if fn(_ptr(x[a:b]), _ptr(y[a:b]), _ptr(idx[a:b]), (b - a) * c, h, w, kh, kw, sh, sw,
+              ph, pw, oh, ow):
+            raise ValueError("maxpool2d: a pooling window lies entirely in the padding")
+
+    parallel_chunks(n, part, min_items(c * h * w))
+    return y, PoolIndices(idx, x.dtype)
+
+
+def maxpool2d_backward(gy, saved, x_shape):
+    n, c, h, w = x_shape
+    idx = saved.idx
+    if tuple(gy.shape) != tuple(idx.shape):
+        raise ValueError(f"maxpool2d backward: gy has shape {tuple(gy.shape)}, expected "
+                         f"{tuple(idx.shape)}")
+    gy = np.ascontiguousarray(gy, dtype=saved.dtype)
+    dx = np.empty((n, c, h, w), dtype=gy.dtype)
+    fn = native.function("maxpool2d", "maxpool2d_backward", gy.dtype)
+    oh, ow = idx.shape[2], idx.shape[3]
+
+    def part(a, b):
+        fn(_ptr(gy[a:b]), _ptr(idx[a:b]), _ptr(dx[a:b]), (b - a) * c, h, w, oh, ow)
+
+    parallel_chunks(n, part, min_items(c * h * w))
+    return dx
