@@ -29,6 +29,8 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from .kernel_loader import candidate_dirs
 
 _FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC")
@@ -169,13 +171,8 @@ def _load(stem: str):
     return lib
 
 
-def library(stem: str):
-    """The loaded library for ``kernels/cpu/<stem>.c``, or None (NumPy fallback) when
-    ``NNX_CPU_KERNELS=0`` or, in auto mode, when it cannot be built (warned once)."""
-    global _warned
-    m = mode()
-    if m == "off":
-        return None
+def _get(stem: str):
+    """The loaded library, or the error text of its failed build (built once per process)."""
     lib = _libs.get(stem)
     if lib is None:
         with _lock:
@@ -186,6 +183,17 @@ def library(stem: str):
                 except Exception as e:  # noqa: BLE001 -- any failure means "use NumPy"
                     lib = f"{type(e).__name__}: {e}"
                 _libs[stem] = lib
+    return lib
+
+
+def library(stem: str):
+    """The loaded library for ``kernels/cpu/<stem>.c``, or None (NumPy fallback) when
+    ``NNX_CPU_KERNELS=0`` or, in auto mode, when it cannot be built (warned once)."""
+    global _warned
+    m = mode()
+    if m == "off":
+        return None
+    lib = _get(stem)
     if isinstance(lib, str):
         if m == "on":
             raise NativeUnavailableError(f"NNX_CPU_KERNELS=1 but the C kernels are unavailable: "
@@ -198,13 +206,18 @@ def library(stem: str):
     return lib
 
 
-def function(stem: str, name: str, dtype):
-    """``<name>_f32`` / ``<name>_f64`` for ``dtype``, or None (no library, or another dtype)."""
-    lib = library(stem)
-    if lib is None:
+def function(stem: str, name: str, dtype, any_mode: bool = False):
+    """``<name>_f32`` / ``<name>_f64`` for ``dtype``, or None (no library, or another dtype).
+
+    ``any_mode=True`` ignores ``NNX_CPU_KERNELS``: a backward pass whose forward ran in C
+    must finish in C even if the variable changed in between (its saved state is C's)."""
+    suffix = {"float32": "_f32", "float64": "_f64"}.get(np.dtype(dtype).name)
+    lib = _get(stem) if any_mode else library(stem)
+    if lib is None or isinstance(lib, str) or suffix is None:
+        if any_mode:
+            raise NativeUnavailableError(f"C kernel {name} for {dtype} is unavailable: {lib}")
         return None
-    suffix = {"float32": "_f32", "float64": "_f64"}.get(str(dtype))
-    return None if suffix is None else getattr(lib, name + suffix)
+    return getattr(lib, name + suffix)
 
 
 def describe() -> str:
