@@ -117,9 +117,8 @@ class Backend(ABC):
         another way (the NumPy backend's C kernels convolve directly)."""
         n, _, h, wd = x.shape
         o, _, kh, kw = w.shape
-        (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        oh = out_size(h, kh, stride[0], padding[0], dilation[0])
+        ow = out_size(wd, kw, stride[1], padding[1], dilation[1])
         cols = self.im2col(x, (kh, kw), stride, padding, dilation)
         y = self.conv2d_gemm_forward(w.reshape(o, -1), cols, bias, n, oh, ow, groups)
         return y, ("im2col", cols, tuple(x.shape))
@@ -233,6 +232,12 @@ class Backend(ABC):
             m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g
             param -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
         """
+
+
+def out_size(size, k, s, p, d=1):
+    """Output length of a convolution or pooling axis:
+    ``floor((size + 2p - d(k-1) - 1) / s) + 1``."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def _grouped_matmul(xp, a, b, groups, a_t=False):

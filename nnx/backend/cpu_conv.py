@@ -28,6 +28,7 @@ import threading
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .base import out_size
 from .cpu_parallel import blas_limited, can_split_gemm, chunks_for, parallel_chunks
 
 # Per-thread scratch arrays (padding buffers) reused across calls, keyed by shape and dtype:
@@ -65,11 +66,6 @@ def min_items(per_item: int) -> int:
 def clear_scratch() -> None:
     """Release this thread's scratch buffers."""
     _local.bufs = {}
-
-
-def out_size(size, k, s, p, d=1):
-    """``floor((size + 2p - d(k-1) - 1) / s) + 1``."""
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def _window(i, d, s, n_out):

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from . import kernel_loader as kl
-from .base import Backend
+from .base import Backend, out_size
 from .errors import BackendMismatchError, BackendUnavailableError
 
 _FLOAT_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
@@ -240,8 +240,7 @@ class CupyBackend(Backend):
             raise ValueError(f"expected an NCHW shape (4 dims), got {tuple(x_shape)}")
         n, c, h, w = (int(v) for v in x_shape)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        oh, ow = out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw)
         if oh <= 0 or ow <= 0:
             raise ValueError(
                 f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "

@@ -5,6 +5,7 @@ import math
 
 from .. import backend as B
 from .. import dtypes, init
+from ..backend.base import out_size
 from .functional import as_input, pair as _pair
 from .module import Module
 from .parameter import Parameter
@@ -77,8 +78,7 @@ class Conv2d(Module):
         n, _, h, w = input_shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
                                                   self.dilation)
-        return (n, self.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-                (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        return (n, self.out_channels, out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw))
 
     def _check(self, x):
         if x.ndim != 4:
