@@ -8,6 +8,10 @@ kernels, the sources ship with nnx and are compiled lazily, here by the system C
 cached under ``$NNX_CACHE_DIR`` (default ``~/.cache/nnx``) keyed by a hash of the sources,
 the compiler's version and the flags, and written atomically (temp file + rename).
 
+``NNX_CPU_ARCH`` picks the instruction set: ``-march=$NNX_CPU_ARCH`` (default ``native``; e.g.
+``x86-64`` for SSE2 only, ``x86-64-v3`` for AVX2), so one machine can build and test the other
+vector widths the kernels compile to.
+
 ``NNX_CPU_KERNELS`` (read at every call):
 
 * unset / ``auto``: use the C kernels when they build; otherwise warn once and use NumPy;
@@ -22,6 +26,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -34,7 +39,7 @@ import numpy as np
 from .kernel_loader import candidate_dirs
 
 _FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC")
-_ARCH_FLAGS = ("-march=native",)   # dropped (with a retry) when the compiler rejects it
+_ARCH_FLAGS: tuple[str, ...] | None = None   # None: -march from NNX_CPU_ARCH (default native)
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
 # exported functions per source file: name -> argument types (both _f32 and _f64 exist)
@@ -100,6 +105,17 @@ def compiler() -> str | None:
     return None
 
 
+def arch_flags() -> tuple[str, ...]:
+    """``-march=...`` for the build (dropped, with a retry, when the compiler rejects it)."""
+    if _ARCH_FLAGS is not None:
+        return _ARCH_FLAGS
+    arch = os.environ.get("NNX_CPU_ARCH", "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", arch):
+        raise ValueError(f"NNX_CPU_ARCH must be a -march value such as native, x86-64 or "
+                         f"x86-64-v3, got {arch!r}")
+    return (f"-march={arch}",)
+
+
 def _cpu_id() -> str:
     """The CPU's feature flags: a library built with -march=native must not be reused by
     another CPU sharing this cache (e.g. a home folder on a network file system)."""
@@ -129,7 +145,8 @@ def _build(stem: str):
     for f in sorted(src_dir.glob("*.[ch]")):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     version = _run([cc, "--version"]).stdout
-    h.update("\0".join([cc, version, platform.machine(), _cpu_id(), *_FLAGS, *_ARCH_FLAGS])
+    arch_opts = arch_flags()
+    h.update("\0".join([cc, version, platform.machine(), _cpu_id(), *_FLAGS, *arch_opts])
              .encode())
     out_dir = cache_dir()
     try:
@@ -138,9 +155,9 @@ def _build(stem: str):
         probe.close()
     except OSError:                   # read-only home: a private temporary folder instead
         out_dir = Path(tempfile.mkdtemp(prefix="nnx-cpu-kernels-"))
-    # "-generic": built without -march=native (the compiler rejected it)
+    # "-generic": built without -march (the compiler rejected it)
     libs = {arch: out_dir / f"{stem}-{h.hexdigest()[:20]}{'' if arch else '-generic'}.so"
-            for arch in (_ARCH_FLAGS, ())}
+            for arch in (arch_opts, ())}
     for arch, lib in libs.items():
         if lib.is_file():
             return lib, arch
