@@ -10,6 +10,7 @@ import pytest
 import nnx
 from nnx.backend import cpu_conv
 from nnx.nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from tolerances import assert_within, network_rtol
 
 
 def _naive_maxpool(x, k):
@@ -152,11 +153,15 @@ def test_backward_params_skips_input_gradient(rng, monkeypatch):
 @pytest.mark.parametrize("kernels", ["0", "auto"])
 @pytest.mark.parametrize("threads", ["2", "3"])
 def test_parallel_and_serial_paths_agree(rng, monkeypatch, threads, kernels):
-    """NNX_NUM_THREADS=1 (serial) vs batch chunks on the thread pool, with the NumPy path
-    (NNX_CPU_KERNELS=0) and with the C kernels where they build: forward outputs and input
-    gradients identical, parameter gradients equal up to float32 summation order."""
+    """NNX_NUM_THREADS=1 (serial) vs batch chunks on the thread pool.
+
+    With the C kernels every image is computed by the same code whatever the chunk, so the
+    loss and ``dL/dx`` are bit-identical (only the weight gradients' sum over chunks is
+    reordered).  On the NumPy path the convolutions' GEMMs are chunked, and a BLAS may block
+    a chunk's product differently from the whole one (seen: OpenBLAS on an AMD EPYC), so
+    everything is compared within the derived reordering bound (tests/tolerances.py)."""
     import nnx.models
-    from nnx.backend import cpu_direct, cpu_parallel
+    from nnx.backend import cpu_direct, cpu_parallel, native
     monkeypatch.setenv("NNX_CPU_KERNELS", kernels)
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)   # split even these small tensors
     calls = []
@@ -182,11 +187,17 @@ def test_parallel_and_serial_paths_agree(rng, monkeypatch, threads, kernels):
         results[nt] = (loss, dx, {k: p.grad.copy() for k, p in model.named_parameters()})
         assert calls and max(calls) == int(nt)               # the path under test really ran
     (l1, dx1, g1), (l2, dx2, g2) = results["1"], results[threads]
-    np.testing.assert_array_equal(l1, l2)
-    np.testing.assert_array_equal(dx1, dx2)
+    rtol = network_rtol(model, batch=x.shape[0], positions=x.shape[2] * x.shape[3],
+                        dtype=np.float32)
+    if native.library("conv2d") is not None:          # the C kernels ran: per image, exact
+        np.testing.assert_array_equal(l1, l2)
+        np.testing.assert_array_equal(dx1, dx2)
+    else:
+        assert_within(l2, l1, rtol * abs(float(l1)), "loss")
+        assert_within(dx2, dx1, rtol * np.abs(dx1).max(), "dx")
     for k in g1:
         assert g2[k].dtype == np.float32
-        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        assert_within(g2[k], g1[k], rtol * np.abs(g1[k]).max(), k)
 
 
 def test_parallel_chunks_order_bounds_and_errors(monkeypatch):
