@@ -9,7 +9,24 @@ ARGS   ?=
 # (a registry install would pull several GB of CUDA packages).
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0*.whl))
 
-.PHONY: train test venv clean
+# Code-path settings the suite must pass under (conftest.py's options; README "Tests").
+# test-paths runs all of them (a few minutes each); CI runs PATHS_CI after `make test`.
+PATHS_ALL = \
+	"--nnx-threads 1 --nnx-cpu-kernels 0" \
+	"--nnx-threads 2 --nnx-cpu-kernels 0" \
+	"--nnx-threads 3 --nnx-cpu-kernels 0" \
+	"--nnx-threads 1 --nnx-cpu-kernels 1" \
+	"--nnx-threads 2 --nnx-cpu-kernels 1" \
+	"--nnx-threads 3 --nnx-cpu-kernels 1" \
+	"--nnx-cpu-kernels 1 --nnx-cpu-arch x86-64" \
+	"--nnx-cpu-kernels 1 --nnx-cpu-arch x86-64-v3" \
+	"--nnx-blas-threads 1"
+PATHS_CI = \
+	"--nnx-threads 3 --nnx-cpu-kernels 0" \
+	"--nnx-threads 1 --nnx-cpu-kernels 1 --nnx-cpu-arch x86-64"
+PATHS ?= $(PATHS_ALL)
+
+.PHONY: train test test-paths test-paths-ci venv clean
 
 $(VENV)/.nnx-core:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +47,15 @@ train: $(VENV)/.nnx-core
 
 test: $(VENV)/.nnx-test
 	$(VPY) -m pytest -q
+
+# Each setting is a full run of the suite; -rfE: list failures and errors, not the GPU skips.
+test-paths: $(VENV)/.nnx-test
+	@for opts in $(PATHS); do \
+		echo "== pytest $$opts"; $(VPY) -m pytest -q -rfE $$opts || exit 1; \
+	done
+
+test-paths-ci:
+	$(MAKE) test-paths PATHS='$(PATHS_CI)'
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
