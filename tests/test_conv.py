@@ -131,7 +131,7 @@ def test_conv2d_noncontiguous_input_and_repeated_backward(backend, rng):
     x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32).transpose(0, 3, 1, 2)
     y1 = backend.to_numpy(conv(x))
     y2 = backend.to_numpy(conv(np.ascontiguousarray(x)))
-    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(y1, y2)   # same column matrix (a copy), same product: exact
     gy = backend.asarray(np.ones(y1.shape, np.float32))
     conv.zero_grad()
     conv.backward(gy)

@@ -203,6 +203,7 @@ def test_c_conv_noncontiguous_input(rng, monkeypatch, spy, dtype):
     tag, y, dx, dW, db = _run_conv(conv, x, dy)
     assert tag == "direct" and spy["conv_fwd"] == 1
     tag_c, y_c, dx_c, dW_c, db_c = _run_conv(conv, np.ascontiguousarray(x), dy)
+    # the kernels read a C-contiguous copy: the same computation on the same values, exact
     np.testing.assert_array_equal(y, y_c)
     np.testing.assert_array_equal(dx, dx_c)
     np.testing.assert_array_equal(dW, dW_c)

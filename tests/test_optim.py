@@ -277,7 +277,7 @@ def test_state_dict_round_trip_continues_identically(backend, make):
     opt2.load_state_dict(sd)
     q.grad = backend.asarray(GRADS[2].copy())
     opt2.step()
-    np.testing.assert_array_equal(backend.to_numpy(q.data), expected)
+    np.testing.assert_array_equal(backend.to_numpy(q.data), expected)  # same update, same inputs
 
 
 def test_load_state_dict_errors():

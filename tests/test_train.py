@@ -35,6 +35,7 @@ def _arrays(path):
 
 
 def _assert_identical(a, b):
+    """Resume on the same machine and code path repeats the same operations: bit-identical."""
     a, b = _arrays(a), _arrays(b)
     assert sorted(a) == sorted(b) and any(k.startswith("optim/") for k in a)
     for k in a:
