@@ -78,3 +78,17 @@ def test_cpu_paths_smoke(tmp_path):
     for r in payload["results"].values():
         assert r["median_ms"] > 0 and len(r["samples_ms"]) == 2
     assert "vs numpy" in out and "| c+reorder |" in (tmp_path / "cpu_paths.md").read_text()
+
+
+def test_compare_checkouts_smoke(tmp_path):
+    """Both workers run this checkout: same code, so the first losses must be identical."""
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "compare_checkouts.py"), "--before", ROOT,
+           "--after", ROOT, "--models", "simple_cnn", "--batch-sizes", "8", "--rounds", "2",
+           "--steps", "1", "--threads", "1", "--out", str(tmp_path), "--tag", "smoke"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((tmp_path / "compare_checkouts_smoke.json").read_text())
+    (run,) = payload["runs"]
+    assert run["same_first_loss"] and run["ratio_after_before"]["rounds"] == 2
+    assert run["before"]["repeats"] == 2 and run["after"]["median_ms"] > 0
+    assert "ratio after/before" in (tmp_path / "compare_checkouts_smoke.md").read_text()
