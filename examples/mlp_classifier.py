@@ -1,5 +1,6 @@
 """tanh-tanh-softmax MLP classifier (the seeds' 3-layer MLP) on 3-class spirals, trained with
-plain SGD and with EMA momentum ``SGD(momentum=β, dampening=β)``.
+plain SGD and with the seeds' EMA momentum ``SGD(momentum=β, ema_momentum=True)``
+(``v = β v + (1-β) g``, ``v_0 = 0``, ``θ -= lr v``).
 
     a1 = tanh(x W1 + b1),  a2 = tanh(a1 W2 + b2),  p = softmax(a2 W3 + b3)
     J = -(1/m) Σ log p_{y},   ∂J/∂z3 = (P - Y_onehot)/m
@@ -49,7 +50,8 @@ def train(optimizer="sgd", epochs=150, seed=0, verbose=True, lr=None, beta=0.9,
     if optimizer == "sgd":
         opt = nnx.optim.SGD(model.parameters(), lr=lr or 0.2)
     elif optimizer == "ema":
-        opt = nnx.optim.SGD(model.parameters(), lr=lr or 0.2, momentum=beta, dampening=beta)
+        opt = nnx.optim.SGD(model.parameters(), lr=lr or 0.2, momentum=beta,
+                            ema_momentum=True)
     else:
         raise ValueError(f"optimizer must be 'sgd' or 'ema', got {optimizer!r}")
     be = nnx.backend.get()

@@ -3,9 +3,9 @@
 // reference rounds them (e.g. one_minus_dampening = T(1 - dampening), step_size = T(lr/bc1)).
 //
 // SGD:            g = grad + wd*param
-//                 buf = (1-dampening)*g if first_step else momentum*buf + (1-dampening)*g
-//                 (buf starts at 0: PyTorch's rule when dampening == 0, the seeds' EMA when
-//                 dampening == momentum)
+//                 buf = g if first_step else momentum*buf + (1-dampening)*g
+//                 (PyTorch's rule: the first buffer is g, undamped; the seeds' EMA is
+//                 dampening == momentum on a zeroed buffer with first_step == 0)
 //                 d = g + momentum*buf if nesterov else buf      (d = g when !use_momentum)
 //                 param -= lr*d
 // Adam/AdamW:     wd_mode 0: none; 1: L2 (g = grad + wd*param); 2: decoupled
@@ -28,7 +28,7 @@ __device__ __forceinline__ void sgd_body(long long n, T* __restrict__ param,
         if (weight_decay != T(0)) g += weight_decay * p;
         T d = g;
         if (use_momentum) {
-            const T b = first_step ? one_minus_dampening * g : momentum * buf[i] + one_minus_dampening * g;
+            const T b = first_step ? g : momentum * buf[i] + one_minus_dampening * g;
             buf[i] = b;
             d = nesterov ? g + momentum * b : b;
         }

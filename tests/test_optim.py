@@ -33,7 +33,7 @@ def ref_sgd(lr, momentum=0.0, dampening=0.0, nesterov=False, wd=0.0):
     for grad in GRADS:
         g = grad + wd * p
         if momentum:
-            buf = (1 - dampening) * g if buf is None else momentum * buf + (1 - dampening) * g
+            buf = g if buf is None else momentum * buf + (1 - dampening) * g
             d = g + momentum * buf if nesterov else buf
         else:
             d = g
@@ -95,34 +95,74 @@ def test_sgd_momentum_pytorch_form_by_hand(backend):
     np.testing.assert_allclose(got, ref_sgd(lr, b), rtol=1e-12)
 
 
-def test_sgd_momentum_ema_form_by_hand(backend):
-    # dampening = momentum is exactly the seeds' EMA: m_0 = 0, m = b m + (1-b) g.
+def test_sgd_ema_momentum_by_hand(backend):
+    # the seeds' EMA: v_0 = 0, v_{t+1} = b v_t + (1-b) g_t, θ -= lr v_{t+1}
     b, lr = 0.8, 0.05
     m1 = (1 - b) * GRADS[0]
     m2 = b * m1 + (1 - b) * GRADS[1]
     m3 = b * m2 + (1 - b) * GRADS[2]
     expected = P0 - lr * (m1 + m2 + m3)
-    got = run_nnx(lambda ps: SGD(ps, lr=lr, momentum=b, dampening=b), backend)
+    got = run_nnx(lambda ps: SGD(ps, lr=lr, momentum=b, ema_momentum=True), backend)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-    pytorch_form = P0 - lr * (GRADS[0] + (b * GRADS[0] + (1 - b) * GRADS[1])
-                              + (b * (b * GRADS[0] + (1 - b) * GRADS[1]) + (1 - b) * GRADS[2]))
-    assert not np.allclose(got, pytorch_form)  # PyTorch's undampened first step differs
+    # PyTorch's dampening=b differs: its first buffer is g_0, undamped
+    torch_form = run_nnx(lambda ps: SGD(ps, lr=lr, momentum=b, dampening=b), backend)
+    np.testing.assert_allclose(torch_form, ref_sgd(lr, b, dampening=b), rtol=1e-12)
+    assert not np.allclose(got, torch_form)
+
+
+def test_sgd_dampening_by_hand(backend):
+    # PyTorch's rule: buf_1 = g_0 (no dampening on the first step), then b buf + (1-d) g
+    b, d, lr = 0.9, 0.5, 0.1
+    buf1 = GRADS[0]
+    buf2 = b * buf1 + (1 - d) * GRADS[1]
+    buf3 = b * buf2 + (1 - d) * GRADS[2]
+    got = run_nnx(lambda ps: SGD(ps, lr=lr, momentum=b, dampening=d), backend)
+    np.testing.assert_allclose(got, P0 - lr * (buf1 + buf2 + buf3), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.torch
-def test_sgd_dampening_differs_from_torch_only_in_first_step(backend):
-    # torch sets buf = g on step 1 even with dampening; nnx uses (1-d) g (buffer from zero).
+@pytest.mark.parametrize("kw", [dict(momentum=0.9, dampening=0.5),
+                                dict(momentum=0.7, dampening=0.7, weight_decay=0.05),
+                                dict(momentum=0.9, dampening=0.2, maximize=True)])
+def test_sgd_dampening_matches_torch(backend, rng, kw):
     torch = pytest.importorskip("torch")
-    b, d, lr = 0.9, 0.5, 0.1
+    grads = [rng.standard_normal(P0.shape) for _ in range(6)]
     tp = torch.nn.Parameter(torch.tensor(P0.copy()))
-    topt = torch.optim.SGD([tp], lr=lr, momentum=b, dampening=d)
-    for g in GRADS:
+    topt = torch.optim.SGD([tp], lr=0.1, **kw)
+    for g in grads:
         tp.grad = torch.tensor(g.copy())
         topt.step()
-    got = run_nnx(lambda ps: SGD(ps, lr=lr, momentum=b, dampening=d), backend)
-    # torch's extra first-step buffer d*g_0 is carried as b^(t-1) d g_0 into each step t
-    extra = lr * d * GRADS[0] * (1 + b + b * b)
-    np.testing.assert_allclose(got, tp.detach().numpy() + extra, rtol=1e-10, atol=1e-12)
+    got = run_nnx(lambda ps: SGD(ps, lr=0.1, **kw), backend, steps=6, grads=grads)
+    # six element-wise steps on O(1) values: a few float64 ulps apart at most
+    np.testing.assert_allclose(got, tp.detach().numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_sgd_ema_momentum_refuses_dampening_and_nesterov():
+    p = Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match="ema_momentum.*dampening"):
+        SGD([p], lr=0.1, momentum=0.9, dampening=0.9, ema_momentum=True)
+    with pytest.raises(ValueError, match="ema_momentum.*nesterov"):
+        SGD([p], lr=0.1, momentum=0.9, nesterov=True, ema_momentum=True)
+    opt = SGD([p], lr=0.1, momentum=0.9, ema_momentum=True)
+    with pytest.raises(ValueError, match="dampening"):   # nor through a later param group
+        opt.add_param_group({"params": [Parameter(np.zeros(1))], "dampening": 0.5})
+
+
+def test_sgd_ema_momentum_state_dict_round_trip(backend):
+    p = Parameter(backend.asarray(P0.copy()))
+    opt = SGD([p], lr=0.05, momentum=0.8, ema_momentum=True)
+    p.grad = backend.asarray(GRADS[0].copy())
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["ema_momentum"] is True
+    np.testing.assert_allclose(sd["state"][0]["momentum_buffer"], 0.2 * GRADS[0], rtol=1e-15)
+    q = Parameter(backend.asarray(backend.to_numpy(p.data).copy()))
+    opt2 = SGD([q], lr=0.05, momentum=0.8)   # the EMA flag comes back from the state dict
+    opt2.load_state_dict(sd)
+    for param, o in ((p, opt), (q, opt2)):
+        param.grad = backend.asarray(GRADS[1].copy())
+        o.step()
+    np.testing.assert_array_equal(backend.to_numpy(q.data), backend.to_numpy(p.data))
 
 
 def test_sgd_nesterov_and_weight_decay_by_hand(backend):
@@ -245,8 +285,7 @@ def test_bad_arguments():
         SGD(p, lr=0.1)
     with pytest.raises(TypeError, match="Parameter"):
         SGD([np.zeros(2)], lr=0.1)
-    with pytest.raises(ValueError, match="required"):
-        SGD([p])
+    assert SGD([p]).defaults["lr"] == 1e-3            # PyTorch 2.x's default
 
 
 @pytest.mark.parametrize("make", [

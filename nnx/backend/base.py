@@ -215,12 +215,16 @@ class Backend(ABC):
     def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                    weight_decay=0.0, first_step=False):
         """SGD update of ``param`` in place (``buf`` updated in place, may be None when
-        ``momentum == 0``)::
+        ``momentum == 0``), PyTorch's rule::
 
             g = grad + weight_decay * param
-            buf = (1-dampening)*g if first_step else momentum*buf + (1-dampening)*g
+            buf = g if first_step else momentum*buf + (1-dampening)*g
             d = g + momentum*buf if nesterov else buf          (d = g when momentum == 0)
             param -= lr * d
+
+        ``first_step`` is PyTorch's "no buffer yet" case (``buf``'s old contents are not
+        read).  The seeds' EMA form ``buf = momentum*buf + (1-momentum)*g`` from ``buf = 0``
+        is ``dampening=momentum`` with ``first_step=False`` on a zeroed buffer.
         """
 
     @abstractmethod

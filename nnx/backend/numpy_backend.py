@@ -184,8 +184,8 @@ class NumpyBackend(Backend):
                    weight_decay=0.0, first_step=False):
         g = grad + weight_decay * param if weight_decay else grad
         if momentum:
-            if first_step:  # buf starts at 0: m*0 + (1-d)*g
-                buf[...] = (1 - dampening) * g
+            if first_step:  # PyTorch: the first buffer is g itself, undamped
+                buf[...] = g
             else:
                 buf *= momentum
                 buf += (1 - dampening) * g

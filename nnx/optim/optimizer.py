@@ -15,14 +15,6 @@ from .. import backend as B
 from ..nn.parameter import Parameter
 
 
-class _Required:
-    def __repr__(self):
-        return "<required>"
-
-
-required = _Required()
-
-
 class Optimizer:
     """Base class.  Subclasses implement :meth:`_update` for one parameter."""
 
@@ -57,9 +49,6 @@ class Optimizer:
             raise ValueError("some parameters appear in more than one parameter group")
         group["params"] = params
         for key, value in self.defaults.items():
-            if value is required and key not in group:
-                raise ValueError(f"parameter group didn't specify a value of required "
-                                 f"optimization parameter {key!r}")
             group.setdefault(key, value)
         self.param_groups.append(group)
 
@@ -74,7 +63,8 @@ class Optimizer:
                     p.grad[...] = 0
 
     def step(self) -> None:
-        """One update of every parameter that has a gradient (``grad is None`` is skipped)."""
+        """One update of every parameter that has a gradient (``grad is None`` is skipped).
+        A group with ``maximize=True`` ascends: its gradients are negated first (PyTorch)."""
         be = B.get()
         for group in self.param_groups:
             for p in group["params"]:
@@ -86,7 +76,8 @@ class Optimizer:
                         f"array of the active {be.name!r} backend; create the optimizer after "
                         f"model.to(...) and keep one backend active")
                 state = self.state.setdefault(p, {})
-                self._update(be, p, p.grad, state, group)
+                grad = -p.grad if group.get("maximize") else p.grad
+                self._update(be, p, grad, state, group)
 
     def _update(self, be, p, grad, state: dict, group: dict) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -1,49 +1,70 @@
 """Stochastic gradient descent with optional momentum, Nesterov and weight decay."""
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_hyper, required
+from .optimizer import Optimizer, check_hyper
 
 
 class SGD(Optimizer):
-    r"""SGD with momentum, update by update (the arithmetic runs in ``backend.sgd_update``)::
+    r"""SGD exactly as ``torch.optim.SGD`` (the arithmetic runs in ``backend.sgd_update``)::
 
-        g   = grad + weight_decay * θ
-        buf = momentum * buf + (1 - dampening) * g      (buf starts at 0)
+        g   = -grad if maximize else grad
+        g   = g + weight_decay * θ
+        buf = g                                       on the first step (no dampening)
+        buf = momentum * buf + (1 - dampening) * g    afterwards
         d   = g + momentum * buf  if nesterov  else  buf        (d = g when momentum == 0)
         θ  -= lr * d
 
-    **Seeds' EMA momentum.**  The seeds write momentum as an exponential moving average
-    ``m_{t+1} = β m_t + (1-β) g_t`` with ``m_0 = 0``, ``θ -= α m_{t+1}``: that is exactly
-    ``SGD(params, lr=α, momentum=β, dampening=β)``.
+    **EMA momentum** (the seeds' form), ``ema_momentum=True``: an exponential moving average
+    of the gradients that starts at zero, with ``β = momentum``::
 
-    **PyTorch.**  With ``dampening=0`` (the default) every step equals ``torch.optim.SGD``'s.
-    PyTorch's first step sets ``buf = g`` even when ``dampening > 0``; here it is
-    ``(1 - dampening) g`` (the buffer starting at zero), which is what makes the EMA form
-    exact.  So with ``dampening > 0`` the two differ, by a first-step term that decays as
-    ``momentum^t``.  Plain momentum (``dampening=0``) equals ``1/(1-β)`` times the EMA in
-    steady state; use a correspondingly smaller ``lr`` when switching between the forms.
+        v_{t+1} = β v_t + (1 - β) g_t,    v_0 = 0,    θ -= lr · v_{t+1}
+
+    (``g_t`` after ``maximize`` and ``weight_decay`` as above.)  It differs from PyTorch's
+    momentum with ``dampening=β`` only in the first step (PyTorch: ``v_1 = g_0``), and from
+    plain momentum by the factor ``1-β``: in steady state PyTorch's buffer is ``1/(1-β)``
+    times the EMA, so use a correspondingly larger ``lr`` with the EMA.  It cannot be
+    combined with ``dampening`` (the EMA fixes the gradient weight at ``1-β``) or with
+    ``nesterov``.
     """
 
-    def __init__(self, params, lr=required, momentum=0.0, dampening=0.0, nesterov=False,
-                 weight_decay=0.0):
-        if lr is not required:
-            check_hyper("learning rate", lr)
-        check_hyper("momentum", momentum)
-        check_hyper("weight_decay", weight_decay)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                 nesterov=False, *, maximize=False, ema_momentum=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      nesterov=bool(nesterov), weight_decay=weight_decay))
+                                      weight_decay=weight_decay, nesterov=bool(nesterov),
+                                      maximize=bool(maximize),
+                                      ema_momentum=bool(ema_momentum)))
+
+    def add_param_group(self, group: dict) -> None:
+        super().add_param_group(group)
+        _check_group(self.param_groups[-1])
 
     def _update(self, be, p, grad, state, group):
         momentum = float(group["momentum"])
-        buf = None
-        first = False
+        ema = group["ema_momentum"]
+        buf, first = None, False
         if momentum:
             buf = state.get("momentum_buffer")
             if buf is None:
+                # PyTorch starts the buffer at g (first_step); the EMA starts it at zero
                 buf = state["momentum_buffer"] = be.xp.zeros_like(p.data)
-                first = True
+                first = not ema
         be.sgd_update(p.data, grad, buf, float(group["lr"]), momentum=momentum,
-                      dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
+                      dampening=momentum if ema else float(group["dampening"]),
+                      nesterov=bool(group["nesterov"]),
                       weight_decay=float(group["weight_decay"]), first_step=first)
+
+
+def _check_group(g: dict) -> None:
+    """Validate one parameter group's hyper-parameters (PyTorch's checks, plus the EMA's)."""
+    check_hyper("learning rate", g["lr"])
+    check_hyper("momentum value", g["momentum"])
+    check_hyper("weight_decay value", g["weight_decay"])
+    if g["ema_momentum"]:
+        if g["dampening"] != 0:
+            raise ValueError(f"ema_momentum=True weights the gradient by (1 - momentum) "
+                             f"itself; it cannot be combined with dampening "
+                             f"(got dampening={g['dampening']})")
+        if g["nesterov"]:
+            raise ValueError("ema_momentum=True cannot be combined with nesterov=True")
+    elif g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
