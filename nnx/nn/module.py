@@ -133,13 +133,16 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Host (NumPy) copies of every parameter and buffer, PyTorch-style keys."""
+        """Host (NumPy) copies of every parameter and buffer, with PyTorch's keys in PyTorch's
+        order: module by module, each module's parameters and then its buffers."""
         be = B.get()
         out = OrderedDict()
-        for name, p in self.named_parameters():
-            out[name] = np.array(be.to_numpy(p.data), copy=True)
-        for name, buf in self.named_buffers():
-            out[name] = np.array(be.to_numpy(buf), copy=True)
+        for mod_name, mod in self.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            for name, p in mod._parameters.items():
+                out[prefix + name] = np.array(be.to_numpy(p.data), copy=True)
+            for name in mod._buffers:
+                out[prefix + name] = np.array(be.to_numpy(getattr(mod, name)), copy=True)
         return out
 
     def load_state_dict(self, state, strict: bool = True):
