@@ -7,21 +7,22 @@ from .optimizer import Optimizer, check_hyper
 class Adam(Optimizer):
     r"""Adam (Kingma & Ba) with PyTorch's defaults; ``t`` counts from 1 per parameter::
 
-        g  = grad + weight_decay * θ            (L2 penalty folded into the gradient)
+        g  = (-grad if maximize else grad) + weight_decay * θ      (L2 folded into g)
         m  = β1 m + (1-β1) g                    v = β2 v + (1-β2) g²
         θ -= lr · (m / (1-β1^t)) / (sqrt(v / (1-β2^t)) + eps)
     """
 
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
+                 maximize=False):
         check_hyper("learning rate", lr)
         check_hyper("epsilon value", eps)
         check_hyper("beta parameter at index 0", betas[0], 0.0, 1.0)
         check_hyper("beta parameter at index 1", betas[1], 0.0, 1.0)
         check_hyper("weight_decay value", weight_decay)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay))
+                                      weight_decay=weight_decay, maximize=bool(maximize)))
 
     def _update(self, be, p, grad, state, group):
         if "step" not in state:
@@ -38,11 +39,13 @@ class Adam(Optimizer):
 class AdamW(Adam):
     r"""Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's ``AdamW``::
 
-        θ *= 1 - lr · weight_decay              (before the Adam step; g = grad, no L2 term)
+        θ *= 1 - lr · weight_decay              (before the Adam step; no L2 term in g)
         m, v, θ as in :class:`Adam`
     """
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *,
+                 maximize=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                         maximize=maximize)

@@ -7,7 +7,7 @@ from .optimizer import Optimizer, check_hyper
 class RMSprop(Optimizer):
     r"""RMSprop exactly as ``torch.optim.RMSprop``::
 
-        g   = grad + weight_decay * θ
+        g   = (-grad if maximize else grad) + weight_decay * θ
         s   = α s + (1-α) g²                               (square_avg, starts at 0)
         if centered:  a = α a + (1-α) g;   den = sqrt(s - a²) + eps
         else:         den = sqrt(s) + eps
@@ -18,14 +18,15 @@ class RMSprop(Optimizer):
     """
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False):
+                 centered=False, *, maximize=False):
         check_hyper("learning rate", lr)
         check_hyper("epsilon value", eps)
         check_hyper("alpha value", alpha)
         check_hyper("momentum value", momentum)
         check_hyper("weight_decay value", weight_decay)
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=bool(centered)))
+                                      momentum=momentum, centered=bool(centered),
+                                      maximize=bool(maximize)))
 
     def _update(self, be, p, grad, state, group):
         xp = be.xp
