@@ -105,7 +105,8 @@ def test_pooling_errors(backend):
 
 def test_pooling_noncontiguous_batch1(backend, rng):
     x = rng.standard_normal((1, 5, 6, 2)).astype(np.float32).transpose(0, 3, 1, 2)
-    for layer in (MaxPool2d(2), MaxPool2d(3, 2, 1), AvgPool2d(2), AvgPool2d(3, 1, 1, False)):
+    for layer in (MaxPool2d(2), MaxPool2d(3, 2, 1), AvgPool2d(2),
+                  AvgPool2d(3, 1, 1, count_include_pad=False)):
         y = backend.to_numpy(layer(x))
         # max: a selection; avg: window offsets added in a fixed order whatever the layout
         np.testing.assert_array_equal(y, backend.to_numpy(layer(np.ascontiguousarray(x))))

@@ -102,3 +102,127 @@ def test_optimizer_trajectory_and_state_match_torch(backend, rng, name, kw):
     shared = set(group) & set(tgroup)
     assert set(group) - set(tgroup) <= {"ema_momentum"}      # nnx's only extra key
     assert {k: group[k] for k in shared} == {k: tgroup[k] for k in shared}
+
+
+# ------------------------------------------------------------------ signatures
+def _public_pairs():
+    from nnx import init
+    from nnx.optim import lr_scheduler
+    pairs = [(f"nn.{n}", getattr(nn, n), getattr(torch.nn, n))
+             for n in nn.__all__ if hasattr(torch.nn, n)]
+    pairs += [(f"optim.{n}", getattr(nnx.optim, n), getattr(torch.optim, n))
+              for n in nnx.optim.__all__ if n != "lr_scheduler" and hasattr(torch.optim, n)]
+    pairs += [(f"optim.{n}", getattr(nnx.optim, n), getattr(torch.nn.utils, n))
+              for n in ("clip_grad_norm_", "clip_grad_value_")]
+    pairs += [(f"lr_scheduler.{n}", getattr(lr_scheduler, n),
+               getattr(torch.optim.lr_scheduler, n))
+              for n in ("LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "OneCycleLR")]
+    pairs += [(f"init.{n}", getattr(init, n), getattr(torch.nn.init, n))
+              for n in ("calculate_gain", "uniform_", "normal_", "constant_", "zeros_", "ones_",
+                        "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+                        "kaiming_normal_")]
+    return pairs
+
+
+def _params(fn):
+    import inspect
+    return [p for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+
+# nnx names the array an initialiser fills ``param`` (PyTorch: ``tensor``); nnx has no
+# ``device``, so its ``dtype`` (by keyword, please) ends the positional comparison
+_RENAMED = {"param": "tensor"}
+_LAST = "dtype"
+
+
+@pytest.mark.parametrize("label,ours,theirs", _public_pairs(),
+                         ids=[p[0] for p in _public_pairs()])
+def test_signature_defaults_and_positions_match_torch(label, ours, theirs):
+    """Every argument nnx shares with PyTorch has PyTorch's default, and a positional
+    argument lands in the parameter of the same name as in PyTorch (or raises TypeError:
+    nnx makes arguments keyword-only where PyTorch's positional slot means something nnx
+    does not have, e.g. CrossEntropyLoss(weight))."""
+    import inspect
+    mine, ref = _params(ours), _params(theirs)
+    if any(p.kind is p.VAR_POSITIONAL for p in ref) and len(ref) <= 2:
+        pytest.skip(f"torch.{label} takes (*args, **kwargs); tested by construction elsewhere")
+    ref_by_name = {p.name: p for p in ref}
+    ref_positional = [p.name for p in ref if p.kind in (p.POSITIONAL_ONLY,
+                                                        p.POSITIONAL_OR_KEYWORD)]
+    pos, checking = 0, True
+    for p in mine:
+        name = p.name if p.name in ref_by_name else _RENAMED.get(p.name, p.name)
+        checking = checking and name != _LAST
+        if p.kind is p.POSITIONAL_OR_KEYWORD and checking:
+            assert pos < len(ref_positional) and ref_positional[pos] == name, (
+                f"{label}: positional argument {pos} is {p.name!r} in nnx but "
+                f"{ref_positional[pos] if pos < len(ref_positional) else None!r} in PyTorch")
+            pos += 1
+        if name in ref_by_name and p.default is not inspect.Parameter.empty:
+            assert p.default == ref_by_name[name].default, (
+                f"{label}({p.name}=...): nnx default {p.default!r}, "
+                f"PyTorch {ref_by_name[name].default!r}")
+
+
+# ------------------------------------------------------------------ layers and losses
+@pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 4), (2, 3, 2, 2)])
+def test_softmax_implicit_dim_is_torch_choice(backend, rng, shape):
+    x = rng.standard_normal(shape)
+    layer = nn.Softmax()
+    with pytest.warns(UserWarning, match="implicit"):
+        y = layer(backend.asarray(x))
+    with pytest.warns(UserWarning):
+        ref = torch.nn.Softmax()(torch.tensor(x))
+    np.testing.assert_allclose(backend.to_numpy(y), ref.numpy(), rtol=1e-12, atol=1e-15)
+    dy = rng.standard_normal(shape)
+    tx = torch.tensor(x, requires_grad=True)
+    with pytest.warns(UserWarning):
+        torch.nn.Softmax()(tx).backward(torch.tensor(dy))
+    np.testing.assert_allclose(backend.to_numpy(layer.backward(backend.asarray(dy))),
+                               tx.grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+def test_loss_arguments_are_keyword_only():
+    # CrossEntropyLoss(w) is a class weight in PyTorch: refuse it rather than misread it
+    for cls in (nn.CrossEntropyLoss, nn.BCELoss, nn.BCEWithLogitsLoss, nn.MSELoss, nn.L1Loss):
+        with pytest.raises(TypeError, match="positional"):
+            cls(np.ones(3))
+    with pytest.raises(TypeError, match="positional"):
+        nn.AvgPool2d(3, 1, 1, False)          # PyTorch: ceil_mode=False
+
+
+def test_cross_entropy_all_ignored_is_zero_not_nan(backend, rng):
+    # documented difference: PyTorch's mean over zero counted rows is 0/0 = nan
+    z = rng.standard_normal((3, 4))
+    labels = np.full(3, -100)
+    crit = nn.CrossEntropyLoss()
+    assert float(crit(backend.asarray(z), backend.asarray(labels))) == 0.0
+    np.testing.assert_array_equal(backend.to_numpy(crit.backward()), 0.0)
+    tz = torch.tensor(z, requires_grad=True)
+    tl = torch.nn.CrossEntropyLoss()(tz, torch.tensor(labels))
+    tl.backward()
+    assert torch.isnan(tl) and not tz.grad.any()
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_batchnorm_momentum_eps_and_running_var_match_torch(backend, rng, dims):
+    # running = (1 - m) running + m batch; unbiased variance for running_var, biased for
+    # normalising; float64, non-default momentum and eps, five steps then eval
+    kw = dict(momentum=0.3, eps=1e-3)
+    ours = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(3, dtype=np.float64, **kw)
+    ref = (torch.nn.BatchNorm1d if dims == 1 else torch.nn.BatchNorm2d)(
+        3, dtype=torch.float64, **kw)
+    shape = (4, 3) if dims == 1 else (2, 3, 3, 2)
+    for _ in range(5):
+        x = rng.standard_normal(shape) * 2 + 1
+        np.testing.assert_allclose(backend.to_numpy(ours(backend.asarray(x))),
+                                   ref(torch.tensor(x)).detach().numpy(), rtol=1e-12,
+                                   atol=1e-12)
+    for k, v in ref.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[k], v.numpy(), rtol=1e-12, err_msg=k)
+    ours.eval()
+    ref.eval()
+    x = rng.standard_normal(shape)
+    np.testing.assert_allclose(backend.to_numpy(ours(backend.asarray(x))),
+                               ref(torch.tensor(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
+

@@ -1,6 +1,8 @@
 """Element-wise activations and softmax.  Each keeps only what its derivative needs."""
 from __future__ import annotations
 
+import warnings
+
 from .. import backend as B
 from .functional import as_array, check_float
 from .module import Module
@@ -120,24 +122,36 @@ class Arctan(_Activation):
 class Softmax(_Activation):
     """``y_i = e^{x_i} / Σ_j e^{x_j}`` along ``dim`` (computed with the max subtracted);
     ``dL/dx = y ⊙ (dL/dy - Σ_j y_j dL/dy_j)``.  For classification prefer
-    ``CrossEntropyLoss`` on logits, which fuses this with the loss."""
+    ``CrossEntropyLoss`` on logits, which fuses this with the loss.
 
-    def __init__(self, dim: int = -1):
+    ``dim=None`` is PyTorch's deprecated implicit choice, with its warning: axis 0 for 0-, 1-
+    and 3-D inputs, axis 1 otherwise.  Pass ``dim`` explicitly."""
+
+    def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = dim
         self._y = None
+        self._dim = dim    # the axis the last forward used
 
     def forward(self, x):
         x = self._input(x)
-        self._y = softmax(x, self.dim)
+        self._dim = self.dim if self.dim is not None else _implicit_softmax_dim(x.ndim)
+        self._y = softmax(x, self._dim)
         return self._y
 
     def backward(self, dy):
         y = self._saved(self._y)
-        return y * (dy - (dy * y).sum(axis=self.dim, keepdims=True))
+        return y * (dy - (dy * y).sum(axis=self._dim, keepdims=True))
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+def _implicit_softmax_dim(ndim: int) -> int:
+    dim = 0 if ndim in (0, 1, 3) else 1
+    warnings.warn(f"Softmax(dim=None) picks dim={dim} for a {ndim}-D input (PyTorch's "
+                  f"deprecated implicit choice); pass dim explicitly", UserWarning, stacklevel=3)
+    return dim
 
 
 def sigmoid(x):

@@ -14,7 +14,9 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 class _Loss(Module):
-    def __init__(self, reduction: str = "mean"):
+    # keyword-only: PyTorch's positional slots hold other things (CrossEntropyLoss(weight),
+    # MSELoss(size_average)), so a positional argument must not land in ``reduction``
+    def __init__(self, *, reduction: str = "mean"):
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -130,13 +132,14 @@ class CrossEntropyLoss(_Loss):
         dL_n/dz_n = softmax(z_n) - q
 
     ``reduction="mean"`` divides by the number of rows whose label is not ``ignore_index``
-    (PyTorch's convention), so ignored (padded) rows add nothing to loss or gradient.
+    (PyTorch's convention), so ignored (padded) rows add nothing to loss or gradient.  When
+    every row is ignored the mean is 0 (PyTorch: 0/0 = nan); the gradient is 0 in both.
     Forward and backward each run as one fused backend operation.
     """
 
-    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0,
+    def __init__(self, *, reduction: str = "mean", label_smoothing: float = 0.0,
                  ignore_index: int = -100):
-        super().__init__(reduction)
+        super().__init__(reduction=reduction)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)

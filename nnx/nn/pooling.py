@@ -75,9 +75,12 @@ class MaxPool2d(_Pool2d):
 class AvgPool2d(_Pool2d):
     """``y[n,c,oh,ow] = Σ_{i,j} xpad[n, c, oh·sh + i, ow·sw + j] / D[oh,ow]`` with zero padding,
     ``D = KH·KW`` if ``count_include_pad`` else the number of non-padding pixels in the
-    window; ``dL/dx[p] = Σ_{windows o ∋ p} dL/dy[o] / D[o]``."""
+    window; ``dL/dx[p] = Σ_{windows o ∋ p} dL/dy[o] / D[o]``.
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+    ``count_include_pad`` is keyword-only: PyTorch's fourth positional argument is
+    ``ceil_mode``, which nnx does not have."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, *, count_include_pad=True):
         super().__init__(kernel_size, stride, padding)
         self.count_include_pad = bool(count_include_pad)
 

@@ -53,7 +53,7 @@ class SequenceMSELoss(_Loss):
     """
 
     def __init__(self, reduction: str = "mean", batch_first: bool = False):
-        super().__init__(reduction)
+        super().__init__(reduction=reduction)
         self.batch_first = bool(batch_first)
 
     def forward(self, pred, target, mask=None, lengths=None):
@@ -102,7 +102,7 @@ class SequenceCrossEntropyLoss(_Loss):
 
     def __init__(self, reduction: str = "mean", batch_first: bool = False,
                  label_smoothing: float = 0.0, ignore_index: int = -100):
-        super().__init__(reduction)
+        super().__init__(reduction=reduction)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.batch_first = bool(batch_first)

@@ -7,13 +7,13 @@ from .. import backend as B
 from ..nn.parameter import Parameter
 
 
-def _grads(params):
-    if isinstance(params, Parameter):
-        params = [params]
-    return [p.grad for p in params if p.grad is not None]
+def _grads(parameters):
+    if isinstance(parameters, Parameter):
+        parameters = [parameters]
+    return [p.grad for p in parameters if p.grad is not None]
 
 
-def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0,
+def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
                     error_if_nonfinite: bool = False) -> float:
     r"""Scale all gradients together so that their joint norm is at most ``max_norm``::
 
@@ -22,7 +22,7 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0,
 
     Returns ``total`` (before clipping) as a Python float, like PyTorch.
     """
-    grads = _grads(params)
+    grads = _grads(parameters)
     if not grads:
         return 0.0
     xp = B.get().xp
@@ -47,9 +47,9 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0,
     return total
 
 
-def clip_grad_value_(params, clip_value: float) -> None:
+def clip_grad_value_(parameters, clip_value: float) -> None:
     """Clamp every gradient element to ``[-clip_value, clip_value]`` in place."""
     xp = B.get().xp
     c = float(clip_value)
-    for g in _grads(params):
+    for g in _grads(parameters):
         xp.clip(g, -c, c, out=g)
