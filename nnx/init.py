@@ -19,8 +19,14 @@ def _fans(shape):
     return shape[1] * receptive, shape[0] * receptive
 
 
+_LINEAR = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+           "conv_transpose3d", "sigmoid", "identity")
+
+
 def calculate_gain(nonlinearity: str, param=None) -> float:
-    if nonlinearity in ("linear", "conv2d", "sigmoid", "identity"):
+    """PyTorch's recommended gains: 1 (linear, convolutions, sigmoid), 5/3 (tanh), √2 (relu),
+    √(2/(1+slope²)) (leaky_relu, slope ``param`` default 0.01), 3/4 (selu)."""
+    if nonlinearity in _LINEAR:
         return 1.0
     if nonlinearity == "tanh":
         return 5.0 / 3
@@ -29,6 +35,8 @@ def calculate_gain(nonlinearity: str, param=None) -> float:
     if nonlinearity == "leaky_relu":
         slope = 0.01 if param is None else param
         return math.sqrt(2.0 / (1 + slope ** 2))
+    if nonlinearity == "selu":
+        return 3.0 / 4
     raise ValueError(f"unsupported nonlinearity {nonlinearity!r}")
 
 

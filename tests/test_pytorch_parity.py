@@ -226,3 +226,64 @@ def test_batchnorm_momentum_eps_and_running_var_match_torch(backend, rng, dims):
     np.testing.assert_allclose(backend.to_numpy(ours(backend.asarray(x))),
                                ref(torch.tensor(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
 
+
+# ------------------------------------------------------------------ initialisation
+def test_calculate_gain_matches_torch():
+    from nnx import init
+    for name in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                 "conv_transpose2d", "conv_transpose3d", "sigmoid", "tanh", "relu", "selu"):
+        assert init.calculate_gain(name) == pytest.approx(torch.nn.init.calculate_gain(name),
+                                                          rel=1e-15), name
+    for slope in (None, 0.0, 0.2, 3):
+        assert init.calculate_gain("leaky_relu", slope) == pytest.approx(
+            torch.nn.init.calculate_gain("leaky_relu", slope), rel=1e-15)
+
+
+def _spread(a):
+    """(max |a|, std(a)) of a large sample: the bound of a uniform, the scale of a normal."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    return np.abs(a).max(), a.std()
+
+
+# 20,000 draws: the sample std is within ~1% of the true one (relative error
+# ≈ 1/sqrt(2n) for a normal, less for a uniform) and a uniform's max |a| within 0.1% of b
+INIT_CASES = [("uniform_", dict(a=-0.3, b=0.3)), ("normal_", dict(std=0.2)),
+              ("xavier_uniform_", dict(gain=1.5)), ("xavier_normal_", dict()),
+              ("kaiming_uniform_", dict()), ("kaiming_uniform_", dict(a=5 ** 0.5)),
+              ("kaiming_uniform_", dict(mode="fan_out", nonlinearity="relu")),
+              ("kaiming_normal_", dict()), ("kaiming_normal_", dict(nonlinearity="tanh"))]
+
+
+@pytest.mark.parametrize("name,kw", INIT_CASES)
+def test_init_distribution_matches_torch(backend, name, kw):
+    from nnx import init
+    shape = (100, 50, 2, 2)                   # fan_in 200, fan_out 400
+    p = nn.Parameter(backend.asarray(np.zeros(shape)))
+    getattr(init, name)(p, **kw)
+    t = torch.empty(shape, dtype=torch.float64)
+    getattr(torch.nn.init, name)(t, **kw)
+    (m, s), (tm, ts) = _spread(backend.to_numpy(p.data)), _spread(t.numpy())
+    assert s == pytest.approx(ts, rel=0.03)
+    if "uniform" in name:
+        assert m == pytest.approx(tm, rel=3e-3)
+
+
+@pytest.mark.parametrize("make,tmake", [
+    (lambda: nn.Linear(300, 80), lambda: torch.nn.Linear(300, 80)),
+    (lambda: nn.Conv2d(12, 40, 5, groups=2), lambda: torch.nn.Conv2d(12, 40, 5, groups=2)),
+    (lambda: nn.LSTM(30, 40), lambda: torch.nn.LSTM(30, 40))])
+def test_default_layer_init_matches_torch(backend, make, tmake):
+    # PyTorch's reset_parameters: U(±1/sqrt(fan_in)) for Linear/Conv2d weight and bias
+    # (kaiming_uniform a=sqrt(5)), U(±1/sqrt(hidden)) for every RNN parameter
+    nnx.manual_seed(0)
+    ours, theirs = make(), tmake()
+    for (k, v), (tk, tv) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert k == tk
+        (m, s), (tm, ts) = _spread(v), _spread(tv.numpy())
+        # the max |a| of n draws of U(-b, b) falls below b(1 - 20/n) with probability
+        # about e^-20, so two samples of one bound agree to a factor 1 + 20/n
+        tol = 1 + 20 / v.size
+        assert tm / tol < m < tm * tol, (k, m, tm)
+        if v.size >= 2000:
+            assert s == pytest.approx(ts, rel=0.05), k
+
