@@ -287,3 +287,29 @@ def test_default_layer_init_matches_torch(backend, make, tmake):
         if v.size >= 2000:
             assert s == pytest.approx(ts, rel=0.05), k
 
+
+# ------------------------------------------------------------------ gradient clipping
+@pytest.mark.parametrize("special", [None, "nan", "inf"])
+def test_clip_grad_norm_matches_torch(backend, rng, special):
+    grads = [rng.standard_normal((4, 3)), rng.standard_normal(7)]
+    if special:
+        grads[1][2] = float(special)
+    for norm_type in (2.0, 1.0, 3.0, float("inf")):
+        ps = [nn.Parameter(backend.asarray(np.zeros_like(g))) for g in grads]
+        tps = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
+        for p, tp, g in zip(ps, tps, grads):
+            p.grad, tp.grad = backend.asarray(g.copy()), torch.tensor(g.copy())
+        total = nnx.optim.clip_grad_norm_(ps, max_norm=0.5, norm_type=norm_type)
+        ttotal = torch.nn.utils.clip_grad_norm_(tps, max_norm=0.5, norm_type=norm_type)
+        # the norm is one reduction over 19 values: a few ulps apart (1e-12 relative)
+        np.testing.assert_allclose(total.item(), ttotal.item(), rtol=1e-12)
+        assert isinstance(total, float)
+        for p, tp in zip(ps, tps):              # nan/inf propagate as in PyTorch
+            np.testing.assert_allclose(backend.to_numpy(p.grad), tp.grad.numpy(),
+                                       rtol=1e-12, atol=1e-15)
+        if special:
+            with pytest.raises(RuntimeError, match="non-finite"):
+                nnx.optim.clip_grad_norm_(ps, 0.5, norm_type, error_if_nonfinite=True)
+            with pytest.raises(RuntimeError, match="non-finite"):
+                torch.nn.utils.clip_grad_norm_(tps, 0.5, norm_type, error_if_nonfinite=True)
+
