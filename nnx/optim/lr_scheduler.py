@@ -3,8 +3,13 @@
 Construct after the optimizer (the constructor sets each group's ``lr`` to the schedule's
 value at step 0 and records ``initial_lr``), then call ``scheduler.step()`` once per epoch
 (``StepLR``, ``CosineAnnealingLR``) or per batch (``OneCycleLR``, warm-up), *after*
-``optimizer.step()``.  Each schedule is evaluated in closed form from ``last_epoch``, which
-matches PyTorch's recursive updates up to float rounding.
+``optimizer.step()``.  Each schedule is evaluated in closed form from ``initial_lr`` and
+``last_epoch``, which matches PyTorch's recursive updates up to float rounding while one
+scheduler owns the lr.  Unlike PyTorch's chainable schedulers, ``step()`` overwrites the lr:
+a second scheduler on the same optimizer, or a manual edit of ``group["lr"]``, does not
+carry over.  Constructing with ``last_epoch=k`` continues the schedule at ``k + 1`` (PyTorch
+2.13's CosineAnnealingLR and LinearLR leave their schedule then); resuming through
+``state_dict``/``load_state_dict`` is exact in both.
 """
 from __future__ import annotations
 
