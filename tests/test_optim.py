@@ -146,6 +146,7 @@ def test_sgd_ema_momentum_refuses_dampening_and_nesterov():
     opt = SGD([p], lr=0.1, momentum=0.9, ema_momentum=True)
     with pytest.raises(ValueError, match="dampening"):   # nor through a later param group
         opt.add_param_group({"params": [Parameter(np.zeros(1))], "dampening": 0.5})
+    assert len(opt.param_groups) == 1
 
 
 def test_sgd_ema_momentum_state_dict_round_trip(backend):

@@ -35,8 +35,9 @@ class SGD(Optimizer):
                                       ema_momentum=bool(ema_momentum)))
 
     def add_param_group(self, group: dict) -> None:
+        if isinstance(group, dict):   # validate before the group joins the optimizer
+            _check_group({**self.defaults, **group})
         super().add_param_group(group)
-        _check_group(self.param_groups[-1])
 
     def _update(self, be, p, grad, state, group):
         momentum = float(group["momentum"])
