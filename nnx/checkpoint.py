@@ -8,19 +8,21 @@ Layout of the archive (``np.load(path)`` can read it without nnx)::
                                    version, optimizer scalars and param groups, scheduler
                                    state, ``extra`` values, rng state
 
-The file is written atomically (temp file in the same directory, fsync, ``os.replace``), so a
-crash never leaves a half-written checkpoint under ``path``.  No pickle is involved: loading
-an untrusted file cannot execute code.
+The file is written atomically (:mod:`nnx.atomic_files`: temp file in the same directory,
+fsync, ``os.replace``), so a crash never leaves a half-written checkpoint under ``path``; it
+gets the mode of any new file (umask applied) or keeps the mode of the file it replaces.  No
+pickle is involved: loading an untrusted file cannot execute code.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from .atomic_files import atomic_open
 
 FORMAT_VERSION = 1
 _META = "__nnx_meta__"
@@ -78,29 +80,8 @@ def save(path, model=None, optimizer=None, scheduler=None, *, rng_state=None, **
 
 
 def _atomic_savez(path, arrays):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (not supported everywhere)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _jsonable(value, what):

@@ -39,15 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from . import backend as B
+from .atomic_files import atomic_open
 
 _RESUMABLE_SETTINGS = ("model", "dataset", "batch_size", "optimizer", "lr", "momentum",
                        "weight_decay", "nesterov", "schedule", "warmup_epochs", "step_size",
@@ -254,12 +253,11 @@ class _InterruptFlag:
 
 
 def _write_log(path: Path, records) -> None:
-    """Rewrite the JSON-lines log atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=".log.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    """Rewrite the JSON-lines log atomically (temp file + rename), so that a crash at any
+    moment leaves either the old log or the new one, each line whole.  (Watch it with
+    ``tail -F``, which follows the rename.)"""
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
 
 
 def read_log(path) -> list[dict]:
@@ -290,11 +288,11 @@ def plot_curves(log_path, png_path) -> bool:
     a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     a2.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=Path(png_path).parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_open(png_path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
     return True
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic_files import commit, temp_sibling
 from .kernel_loader import candidate_dirs
 
 _FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC")
@@ -151,9 +152,10 @@ def _build(stem: str):
     out_dir = cache_dir()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, delete=True)
-        probe.close()
-    except OSError:                   # read-only home: a private temporary folder instead
+        writable = os.access(out_dir, os.W_OK | os.X_OK)   # EROFS counts as not writable
+    except OSError:
+        writable = False
+    if not writable:                  # read-only home: a private temporary folder instead
         out_dir = Path(tempfile.mkdtemp(prefix="nnx-cpu-kernels-"))
     # "-generic": built without -march (the compiler rejected it)
     libs = {arch: out_dir / f"{stem}-{h.hexdigest()[:20]}{'' if arch else '-generic'}.so"
@@ -163,17 +165,15 @@ def _build(stem: str):
             return lib, arch
     errors = []
     for arch, lib in libs.items():
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}-", suffix=".so")
-        os.close(fd)
-        try:
-            r = _run([cc, *_FLAGS, *arch, str(src), "-o", tmp])
+        # the compiler writes a temporary sibling that is renamed into place: other
+        # processes see all of the library or nothing, and the rename also removes
+        # temporaries left by builds that were killed
+        with temp_sibling(lib) as tmp:
+            r = _run([cc, *_FLAGS, *arch, str(src), "-o", str(tmp)])
             if r.returncode == 0:
-                os.replace(tmp, lib)     # atomic: other processes see all of it or nothing
+                commit(tmp, lib)
                 return lib, arch
             errors.append(r.stderr.strip()[-2000:])
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     raise NativeUnavailableError(f"compiling {src} with {cc} failed:\n" + errors[-1])
 
 

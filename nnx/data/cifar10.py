@@ -26,13 +26,13 @@ import pickle
 import shutil
 import sys
 import tarfile
-import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic_files import atomic_open, remove_stale_temps, temp_sibling
 from .errors import DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -109,33 +109,36 @@ def _download(url: str, dest: Path, md5: str | None, verbose: bool) -> None:
     except OSError as exc:
         raise DataError(f"CIFAR-10: cannot create the cache directory {dest.parent} ({exc}); "
                         f"set NNX_DATA to a writable directory or {_HINT}") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        if verbose:
-            print(f"downloading {url} to {dest} ...", file=sys.stderr, flush=True)
+    if verbose:
+        print(f"downloading {url} to {dest} ...", file=sys.stderr, flush=True)
+    # written to a temporary sibling and renamed once complete and verified; a download
+    # killed midway leaves that temporary, and the next successful one removes it
+    with atomic_open(dest, "wb") as out:
+        h = hashlib.md5()
         try:
-            with os.fdopen(fd, "wb") as out, _urlopen(url, timeout=60) as resp:
-                shutil.copyfileobj(resp, out, length=1 << 20)
+            with _urlopen(url, timeout=60) as resp:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    h.update(chunk)
+                    out.write(chunk)
         except Exception as exc:  # URLError, HTTPError, timeouts, resets ...
             raise DataError(f"CIFAR-10: could not download {url} ({type(exc).__name__}: "
                             f"{exc}); {_HINT}") from None
-        _check_md5(Path(tmp), md5, shown=url)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _compare_md5(h.hexdigest(), md5, url)
 
 
-def _check_md5(path: Path, expected: str | None, shown=None) -> None:
+def _check_md5(path: Path, expected: str | None) -> None:
     if expected is None:
         return
     h = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    actual = h.hexdigest()
-    if actual != expected.lower():
-        raise DataError(f"CIFAR-10: checksum mismatch for {shown or path}: expected MD5 "
+    _compare_md5(h.hexdigest(), expected, path)
+
+
+def _compare_md5(actual: str, expected: str | None, shown) -> None:
+    if expected is not None and actual != expected.lower():
+        raise DataError(f"CIFAR-10: checksum mismatch for {shown}: expected MD5 "
                         f"{expected}, got {actual}; the file is truncated or not the official "
                         f"archive (it was not kept as the cached archive)")
 
@@ -148,8 +151,11 @@ def _extract(archive: Path, cache: Path, md5: str | None) -> Path:
     except OSError as exc:
         raise DataError(f"CIFAR-10: cannot create {cache} to extract {archive} into ({exc}); "
                         "set NNX_DATA to a writable directory") from None
-    staging = Path(tempfile.mkdtemp(prefix=".cifar-extract.", dir=cache))
-    try:
+    final = cache / FOLDER
+    # staging: a temporary sibling of the final folder (removed on exit; one left by a
+    # killed extraction is removed by the next successful one)
+    with temp_sibling(final) as staging:
+        staging.mkdir()
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 members = [_safe_member(m, archive) for m in tar.getmembers()]
@@ -165,14 +171,15 @@ def _extract(archive: Path, cache: Path, md5: str | None) -> Path:
                             f"again, or {_HINT}") from None
         if not (staging / FOLDER).is_dir():
             raise DataError(f"CIFAR-10: {archive} does not contain {FOLDER}/; {_HINT}")
-        final = cache / FOLDER
-        if final.exists():  # a concurrent or earlier extraction won; keep it
-            shutil.rmtree(staging / FOLDER)
-        else:
+        remove_stale_temps(final)
+        try:
             os.replace(staging / FOLDER, final)
-        return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        except OSError:
+            if not final.is_dir():
+                raise
+            # else a concurrent or earlier extraction won (a folder is not replaced when
+            # it is not empty): keep it
+    return final
 
 
 def _safe_member(m: tarfile.TarInfo, archive: Path) -> tarfile.TarInfo:
@@ -238,7 +245,7 @@ def _read_batch(path: Path, rows: int):
 
 def write_batch(path, data, labels, protocol: int = 2) -> None:
     """Write one batch in the official format (used by tests to build tiny archives)."""
-    with open(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
         pickle.dump({b"batch_label": b"nnx", b"data": np.asarray(data, np.uint8),
                      b"labels": [int(v) for v in labels]}, f, protocol=protocol)
 
