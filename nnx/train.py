@@ -6,11 +6,13 @@ Examples::
     nnx-train --dataset cifar10 --model simple_cnn --backend cuda --epochs 30
     nnx-train --dataset cifar10 --data ~/datasets --resume     # continue runs/cifar10-...
 
-Every epoch appends one JSON object to ``OUT/log.jsonl`` (epoch, train_loss, train_acc,
-test_acc, lr, seconds, images_per_s) and atomically rewrites ``OUT/checkpoint.npz`` (model,
+Every epoch adds one JSON object to ``OUT/log.jsonl`` (epoch, train_loss, train_acc,
+test_acc, lr, seconds, images_per_s), then rewrites ``OUT/checkpoint.npz`` (model,
 optimizer, scheduler, loader position, RNG states, epoch, best accuracy, and the settings
 and model description ``nnx-eval`` needs); ``OUT/best.npz`` holds the model with the best
-test accuracy so far.
+test accuracy so far.  Every file is replaced atomically (temp file + rename, see
+:mod:`nnx.atomic_files`), so a crash or ``kill -9`` at any moment leaves each of them loadable,
+the log with whole lines only; ``--resume`` continues from the last checkpoint.
 
 Resuming (``--resume``) restores the settings saved in the checkpoint (model, data set,
 optimizer, schedule, batch size, seed, augmentation, ...), then the model, optimizer,
@@ -477,13 +479,15 @@ def train(args) -> dict:
                       "seconds": round(time.perf_counter() - t0 + partial["seconds"], 3),
                       "images_per_s": round(seen / max(train_seconds, 1e-9), 1)}
             partial = None
+            # The log first, then the checkpoint: a crash between the two leaves a log line
+            # for an epoch the checkpoint lacks, which --resume drops and redoes; the other
+            # order would lose that epoch's line for good.
+            history.append(record)
+            _write_log(log_path, history)
             checkpoint(epoch + 1, None, test_acc)
             if test_acc >= best_acc:
                 save(out / "best.npz", model=model, epochs_done=epoch + 1, best_acc=best_acc,
                      test_acc=test_acc, **meta)
-            history.append(record)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
             print(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {record['train_loss']:.4f} "
                   f"acc {record['train_acc']:.4f} | test acc {test_acc:.4f} | lr "
                   f"{record['lr']:.4g} | {record['seconds']:.1f}s, "
