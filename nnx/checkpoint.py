@@ -8,6 +8,13 @@ Layout of the archive (``np.load(path)`` can read it without nnx)::
                                    version, optimizer scalars and param groups, scheduler
                                    state, ``extra`` values, rng state
 
+Two ways to call :func:`save`:
+
+* ``nnx.save(path, model, optimizer, scheduler, epoch=3)``: a training checkpoint;
+  ``nnx.load(path, model, optimizer, scheduler)`` restores it and returns the ``extra`` values.
+* ``nnx.save(model.state_dict(), path)`` (the PyTorch habit): the state dict alone;
+  ``nnx.load(path)`` returns it, for ``model.load_state_dict(nnx.load(path))``.
+
 The file is written atomically (:mod:`nnx.atomic_files`: temp file in the same directory,
 fsync, ``os.replace``), so a crash never leaves a half-written checkpoint under ``path``; it
 gets the mode of any new file (umask applied) or keeps the mode of the file it replaces.  No
@@ -19,6 +26,8 @@ import io
 import json
 import os
 import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -26,6 +35,9 @@ from .atomic_files import atomic_open
 
 FORMAT_VERSION = 1
 _META = "__nnx_meta__"
+_STATE_DICT = "state_dict"    # meta["kind"] of a file written by nnx.save(state_dict, path)
+_SAVE_CALLS = ("nnx.save(path, model, optimizer, scheduler, epoch=...) for a checkpoint, or "
+               "nnx.save(model.state_dict(), path) for the weights alone")
 
 
 class CheckpointError(RuntimeError):
@@ -38,9 +50,24 @@ def save(path, model=None, optimizer=None, scheduler=None, *, rng_state=None, **
     ``extra`` values must be JSON-able (numbers, strings, lists, dicts; NumPy scalars are
     converted).  ``rng_state=True`` stores :func:`nnx.random.get_rng_state`; a dict is stored
     as given.
+
+    ``save(state_dict, path)`` (a mapping name -> array first, as ``torch.save`` is used)
+    stores that state dict alone; :func:`load` then returns it.
     """
+    if isinstance(path, Mapping):
+        if optimizer is not None or scheduler is not None or rng_state is not None or extra:
+            raise TypeError("nnx.save(state_dict, path) stores the state dict alone; to save "
+                            "an optimizer, scheduler or extra values with the model, call "
+                            "nnx.save(path, model, optimizer, scheduler, epoch=...)")
+        return _save_state_dict(path, model)
+    path = _path_arg("nnx.save", path, model, _SAVE_CALLS)
+    for obj, what in ((model, "model"), (optimizer, "optimizer"), (scheduler, "scheduler")):
+        if obj is not None and not hasattr(obj, "state_dict"):
+            hint = (" (a state dict? call nnx.save(state_dict, path))"
+                    if isinstance(obj, Mapping) else "")
+            raise TypeError(f"nnx.save: {what} must be an object with .state_dict(), got "
+                            f"{type(obj).__name__}{hint}; the call is {_SAVE_CALLS}")
     from . import __version__
-    path = os.fspath(path)
     arrays: dict[str, np.ndarray] = {}
     meta = {"format": "nnx-checkpoint", "format_version": FORMAT_VERSION,
             "nnx_version": __version__, "has_model": model is not None,
@@ -74,12 +101,56 @@ def save(path, model=None, optimizer=None, scheduler=None, *, rng_state=None, **
     if rng_state is not None:
         meta["rng_state"] = _jsonable(rng_state, "rng_state")
     meta["extra"] = _jsonable(extra, "extra")
-    arrays[_META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    _atomic_savez(path, arrays)
+    _write(path, arrays, meta)
     return path
 
 
-def _atomic_savez(path, arrays):
+def _save_state_dict(state_dict: Mapping, path) -> str:
+    """``nnx.save(state_dict, path)``: the arrays as ``model/<key>``, marked as a bare state
+    dict so that :func:`load` gives the mapping back."""
+    if path is None:
+        raise TypeError("nnx.save(state_dict, path): the path is missing")
+    path = _path_arg("nnx.save", path, None, _SAVE_CALLS)
+    from . import __version__
+    arrays = {}
+    for k, v in state_dict.items():
+        if not isinstance(k, str):
+            raise TypeError(f"nnx.save(state_dict, path): keys must be strings, got {k!r}")
+        try:
+            a = np.asarray(v)
+        except (TypeError, ValueError) as exc:   # e.g. a CuPy array: pass Module.state_dict()
+            raise TypeError(f"nnx.save(state_dict, path): {k!r} cannot be converted to a "
+                            f"NumPy array ({exc})") from None
+        if a.dtype == object:
+            raise TypeError(
+                f"nnx.save(state_dict, path): {k!r} is of type {type(v).__name__}, not an "
+                "array; a state dict maps names to arrays (Module.state_dict()); for a "
+                "model with its optimizer and other values call nnx.save(path, model, "
+                "optimizer, epoch=...)")
+        arrays[f"model/{k}"] = a
+    meta = {"format": "nnx-checkpoint", "format_version": FORMAT_VERSION,
+            "nnx_version": __version__, "kind": _STATE_DICT, "has_model": True,
+            "has_optimizer": False, "has_scheduler": False, "model_keys": list(state_dict),
+            "extra": {}}
+    _write(path, arrays, meta)
+    return path
+
+
+def _path_arg(func: str, path, model, calls: str) -> str:
+    """``os.fspath(path)`` with an error that shows the right call for swapped arguments."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        return os.fsdecode(path)
+    if hasattr(path, "state_dict"):
+        swapped = " (the arguments are swapped)" if isinstance(
+            model, (str, bytes, os.PathLike)) else ""
+        raise TypeError(f"{func}: the first argument is a {type(path).__name__}, not a "
+                        f"path{swapped}; the call is {calls}")
+    raise TypeError(f"{func}: the path must be a str or os.PathLike, got "
+                    f"{type(path).__name__}; the call is {calls}")
+
+
+def _write(path: str, arrays: dict, meta: dict) -> None:
+    arrays[_META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
 
@@ -100,6 +171,11 @@ def _jsonable(value, what):
         return value
     raise TypeError(f"nnx.save: {what} contains a value of type {type(value).__name__} that "
                     f"cannot be stored as JSON ({value!r:.60})")
+
+
+def read_extra(path) -> dict:
+    """The ``extra`` values of a checkpoint (``{}`` for a bare state dict)."""
+    return read(path)[1].get("extra", {})
 
 
 def read(path) -> tuple[dict, dict]:
@@ -146,10 +222,22 @@ def load(path, model=None, optimizer=None, scheduler=None, *, strict=True,
     None, "scheduler_state": {...} | None, "rng_state": ... | None, "nnx_version": str}``.
     Asking for an object the file does not contain, or a model whose keys/shapes differ
     (with ``strict``), raises :class:`CheckpointError` naming the file and the problem.
+
+    A file written by ``nnx.save(state_dict, path)`` holds only that state dict:
+    ``nnx.load(path)`` returns it (an ``OrderedDict`` name -> ndarray, in the saved order),
+    ready for ``model.load_state_dict``; ``nnx.load(path, model)`` loads it into ``model``
+    and returns the dict above.
     """
-    path = os.fspath(path)
+    path = _path_arg("nnx.load", path, model,
+                     "nnx.load(path, model, optimizer, scheduler) or nnx.load(path)")
     arrays, meta = read(path)
     model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    missing = [k for k in meta.get("model_keys", []) if k not in model_state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r}: model arrays {missing} are missing")
+    if meta.get("kind") == _STATE_DICT and not restore_rng and all(
+            obj is None for obj in (model, optimizer, scheduler)):
+        return OrderedDict((k, model_state[k]) for k in meta["model_keys"])
     optim_state = None
     if meta.get("has_optimizer"):
         o = meta.get("optimizer") or {}
@@ -169,9 +257,6 @@ def load(path, model=None, optimizer=None, scheduler=None, *, strict=True,
     if model is not None:
         if not meta.get("has_model"):
             raise CheckpointError(f"checkpoint {path!r} contains no model state")
-        missing = [k for k in meta.get("model_keys", []) if k not in model_state]
-        if missing:
-            raise CheckpointError(f"checkpoint {path!r}: model arrays {missing} are missing")
         try:
             model.load_state_dict(model_state, strict=strict)
         except (KeyError, ValueError) as exc:

@@ -65,10 +65,10 @@ def evaluate_checkpoint(path, dataset: str | None = None, data_dir=None,
     """Rebuild the model stored in the ``nnx-train`` checkpoint ``path`` and evaluate it on
     the test split of its data set (or ``dataset``).  Returns ``(result, classes)``."""
     from . import models
-    from .checkpoint import CheckpointError, load
+    from .checkpoint import CheckpointError, load, read_extra
     from .data.datasets import get_dataset
     from .data.transforms import Normalize
-    extra = load(path)["extra"]
+    extra = read_extra(path)
     spec = extra.get("model_spec")
     if not spec or "name" not in spec:
         raise CheckpointError(f"checkpoint {str(path)!r} has no model description (it was "

@@ -329,7 +329,7 @@ def train(args) -> dict:
     """Run training as configured by parsed ``args``; returns a summary dict."""
     import nnx
     from . import models
-    from .checkpoint import load, save
+    from .checkpoint import load, read_extra, save
     from .data.datasets import get_dataset
     from .data.loader import DataLoader
     from .evaluate import format_report, predict
@@ -349,7 +349,7 @@ def train(args) -> dict:
             raise CheckpointError(f"{'--resume' if args.resume else '--eval-only'}: no "
                                   f"checkpoint at {ckpt_path} (set --out to the run's "
                                   "directory)")
-        ck = load(ckpt_path)["extra"]
+        ck = read_extra(ckpt_path)
         if args.resume and "settings" not in ck:
             from .checkpoint import CheckpointError
             raise CheckpointError(f"--resume: {ckpt_path} was not written by nnx-train (no "

@@ -1,4 +1,4 @@
-"""nnx.atomic_files and every writer built on it (checkpoints, the training log,
+"""nnx.atomic_files and every writer built on it (checkpoints, state dicts, the training log,
 the curves plot, CIFAR-10 downloads and batches, the C-kernel cache): the mode a saved file
 gets under umask 022 and 077, an existing file's mode kept, stale temporaries of killed
 writers removed by the next save while those of live writers and unrelated files stay."""
@@ -83,6 +83,7 @@ def _write_plot(path):
 # Every atomic writer of nnx, writing to the path it is given.
 WRITERS = {
     "checkpoint": lambda p: nnx.save(p, _model(), epoch=1),
+    "state_dict": lambda p: nnx.save(_model().state_dict(), p),
     "log": lambda p: train._write_log(p, [{"epoch": 1, "train_loss": 0.5}]),
     "plot": _write_plot,
     "cifar_batch": lambda p: cifar10.write_batch(p, np.zeros((2, 3072), np.uint8), [1, 2]),

@@ -169,3 +169,88 @@ def test_load_torch_state_dict(backend, rng):
     with torch.no_grad():
         expected = tm(torch.tensor(x)).numpy()
     np.testing.assert_allclose(backend.to_numpy(model(x)), expected, rtol=1e-12, atol=1e-12)
+
+
+def make_bn_model(seed=0):
+    """With buffers (BatchNorm running statistics), which a state dict carries too."""
+    nnx.manual_seed(seed)
+    return Sequential(Linear(4, 8), nnx.nn.BatchNorm1d(8), ReLU(), Linear(8, 3))
+
+
+@pytest.mark.parametrize("as_str", [False, True])
+def test_pytorch_habit_save_state_dict_round_trip(backend, tmp_path, rng, as_str):
+    """nnx.save(model.state_dict(), path); model.load_state_dict(nnx.load(path))."""
+    a = make_bn_model(0).double()
+    a(rng.standard_normal((16, 4)))           # training mode: running stats move off 0/1
+    a.eval()
+    path = tmp_path / "weights.npz"
+    sd = a.state_dict()
+    assert nnx.save(sd, str(path) if as_str else path) == str(path)
+    loaded = nnx.load(str(path) if as_str else path)
+    assert type(loaded) is type(sd) and list(loaded) == list(sd)   # same keys, same order
+    assert any("running_mean" in k for k in loaded)
+    for k in sd:
+        assert loaded[k].dtype == sd[k].dtype
+        np.testing.assert_array_equal(loaded[k], sd[k], err_msg=k)
+    b = make_bn_model(1).double()
+    b.load_state_dict(loaded)
+    b.eval()
+    x = rng.standard_normal((5, 4))
+    np.testing.assert_array_equal(backend.to_numpy(b(x)), backend.to_numpy(a(x)))
+    # the nnx way of loading works on the same file
+    c = make_bn_model(2).double()
+    out = nnx.load(path, c)
+    assert out["extra"] == {} and out["optimizer_state"] is None
+    c.eval()
+    np.testing.assert_array_equal(backend.to_numpy(c(x)), backend.to_numpy(a(x)))
+
+
+def test_wrong_save_and_load_calls_show_the_right_call(tmp_path):
+    model = make_model()
+    opt = nnx.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "m.npz"
+    with pytest.raises(TypeError, match=r"Sequential, not a path \(the arguments are swapped\)"
+                                        r".*nnx.save\(path, model.*nnx.save\(model.state_dict"
+                                        r"\(\), path\)"):
+        nnx.save(model, path)
+    with pytest.raises(TypeError, match=r"model must be .*OrderedDict.*a state dict\? call "
+                                        r"nnx.save\(state_dict, path\)"):
+        nnx.save(path, model.state_dict())
+    with pytest.raises(TypeError, match="path is missing"):
+        nnx.save(model.state_dict())
+    with pytest.raises(TypeError, match=r"state dict alone.*nnx.save\(path, model, optimizer"):
+        nnx.save(model.state_dict(), path, opt)
+    with pytest.raises(TypeError, match=r"state dict alone"):
+        nnx.save(model.state_dict(), path, epoch=3)
+    # the other PyTorch habit: one dict holding state dicts and numbers
+    with pytest.raises(TypeError, match=r"'model' is of type OrderedDict, not an array.*"
+                                        r"nnx.save\(path, model, optimizer, epoch=...\)"):
+        nnx.save({"model": model.state_dict(), "epoch": 3}, path)
+    with pytest.raises(TypeError, match="optimizer must be an object with .state_dict"):
+        nnx.save(path, model, opt.state_dict())
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike, got int"):
+        nnx.save(3, model)
+    with pytest.raises(TypeError, match="keys must be strings"):
+        nnx.save({0: np.zeros(2)}, path)
+    assert not path.exists() and os.listdir(tmp_path) == []
+    nnx.save(path, model)
+    with pytest.raises(TypeError, match=r"nnx.load: the first argument is a Sequential.*"
+                                        r"swapped.*nnx.load\(path, model"):
+        nnx.load(model, path)
+
+
+@pytest.mark.torch
+def test_torch_state_dict_saved_with_nnx_save(backend, tmp_path, rng):
+    """A PyTorch state dict (CPU tensors) goes through nnx.save / nnx.load unchanged."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    tm = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                             torch.nn.Linear(8, 3)).double()
+    nnx.save(tm.state_dict(), tmp_path / "torch.npz")
+    model = make_model().double()
+    model.load_state_dict(nnx.load(tmp_path / "torch.npz"))
+    x = rng.standard_normal((6, 4))
+    with torch.no_grad():
+        expected = tm(torch.tensor(x)).numpy()
+    # the same float64 products in another library: a few ulps over a length-8 reduction
+    np.testing.assert_allclose(backend.to_numpy(model(x)), expected, rtol=1e-12, atol=1e-12)
