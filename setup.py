@@ -1,6 +1,6 @@
 """Build hook: ship the kernel sources inside the package.
 
-The kernels live at ``<repo>/kernels/*.cu`` (CUDA) and ``<repo>/kernels/cpu/*.[ch]`` (C, for
+The kernels live at ``<repo>/kernels/*.cu`` plus their shared header ``kernels/*.cuh`` (CUDA) and ``<repo>/kernels/cpu/*.[ch]`` (C, for
 the CPU backend), outside the ``nnx`` package so they are easy to compile and test on their
 own.  ``build_py`` copies them to ``nnx/kernels/`` in the build tree, so wheels (and
 ``pip install .``) contain them where ``nnx.backend.kernel_loader`` and
@@ -19,7 +19,8 @@ HERE = Path(__file__).resolve().parent
 def kernel_sources():
     """Paths relative to ``kernels/`` of every shipped source."""
     root = HERE / "kernels"
-    found = sorted(root.glob("*.cu")) + sorted(root.glob("cpu/*.c")) + sorted(root.glob("cpu/*.h"))
+    found = (sorted(root.glob("*.cu")) + sorted(root.glob("*.cuh")) + sorted(root.glob("cpu/*.c"))
+             + sorted(root.glob("cpu/*.h")))
     return [p.relative_to(root) for p in found]
 
 
@@ -27,8 +28,9 @@ class build_py_with_kernels(build_py):
     def run(self):
         super().run()
         sources = kernel_sources()
-        if not any(p.suffix == ".cu" for p in sources) or not any(p.suffix == ".c" for p in sources):
-            raise RuntimeError(f"kernel sources (*.cu, cpu/*.c) missing in {HERE / 'kernels'}")
+        if not all(any(p.suffix == ext for p in sources) for ext in (".cu", ".cuh", ".c")):
+            raise RuntimeError(f"kernel sources (*.cu, *.cuh, cpu/*.c) missing in "
+                               f"{HERE / 'kernels'}")
         dest = Path(self.build_lib) / "nnx" / "kernels"
         for rel in sources:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -2,16 +2,14 @@
 // cols entries of every kernel tap (i,j) whose window position hits it.  No atomics, so the
 // result is deterministic.  Tap (i,j) of output (oh,ow) reads h = oh*sh - ph + i*dh, hence
 // oh = (h + ph - i*dh) / sh when that is a non-negative multiple of sh below OH.
+#include "nnx_common.cuh"
 
 template <typename T>
-__device__ __forceinline__ void col2im_body(long long total, int N, int C, int H, int W, int KH,
-                                            int KW, int OH, int OW, int sh, int sw, int ph, int pw,
-                                            int dh, int dw, const T* __restrict__ cols,
-                                            T* __restrict__ x) {
+__global__ void col2im(long long total, int N, int C, int H, int W, int KH, int KW, int OH,
+                       int OW, int sh, int sw, int ph, int pw, int dh, int dw,
+                       const T* __restrict__ cols, T* __restrict__ x) {
     const long long L = (long long)N * OH * OW;
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+    NNX_GRID_STRIDE(idx, total) {
         const int w = (int)(idx % W);
         const long long t = idx / W;
         const int h = (int)(t % H);
@@ -37,16 +35,4 @@ __device__ __forceinline__ void col2im_body(long long total, int N, int C, int H
         }
         x[idx] = acc;
     }
-}
-
-extern "C" __global__ void col2im_f32(long long total, int N, int C, int H, int W, int KH, int KW,
-                                      int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw,
-                                      const float* __restrict__ cols, float* __restrict__ x) {
-    col2im_body<float>(total, N, C, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, cols, x);
-}
-
-extern "C" __global__ void col2im_f64(long long total, int N, int C, int H, int W, int KH, int KW,
-                                      int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw,
-                                      const double* __restrict__ cols, double* __restrict__ x) {
-    col2im_body<double>(total, N, C, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, cols, x);
 }

@@ -6,25 +6,13 @@
 //           da_r = da_n*gh_n*r*(1-r); dgi_r = dgh_r = da_r
 //           da_z = dh*(h_prev-n)*z*(1-z); dgi_z = dgh_z = da_z
 //           dh_prev = dh*z  (only the direct path; the caller adds dgh @ W_hh)
-
-__device__ __forceinline__ float nnx_exp(float x) { return expf(x); }
-__device__ __forceinline__ double nnx_exp(double x) { return exp(x); }
-__device__ __forceinline__ float nnx_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double nnx_tanh(double x) { return tanh(x); }
+#include "nnx_common.cuh"
 
 template <typename T>
-__device__ __forceinline__ T nnx_sigmoid(T x) {
-    return T(1) / (T(1) + nnx_exp(-x));
-}
-
-template <typename T>
-__device__ __forceinline__ void gru_forward_body(long long total, long long H,
-                                                 const T* __restrict__ gi, const T* __restrict__ gh,
-                                                 const T* __restrict__ h_prev, T* __restrict__ h,
-                                                 T* __restrict__ packed) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+__global__ void gru_cell_forward(long long total, long long H, const T* __restrict__ gi,
+                                 const T* __restrict__ gh, const T* __restrict__ h_prev,
+                                 T* __restrict__ h, T* __restrict__ packed) {
+    NNX_GRID_STRIDE(idx, total) {
         const long long n = idx / H, j = idx % H;
         const long long b3 = n * 3 * H + j, b4 = n * 4 * H + j;
         const T r = nnx_sigmoid(gi[b3] + gh[b3]);
@@ -40,15 +28,11 @@ __device__ __forceinline__ void gru_forward_body(long long total, long long H,
 }
 
 template <typename T>
-__device__ __forceinline__ void gru_backward_body(long long total, long long H,
-                                                  const T* __restrict__ dh,
-                                                  const T* __restrict__ packed,
-                                                  const T* __restrict__ h_prev,
-                                                  T* __restrict__ dgi, T* __restrict__ dgh,
-                                                  T* __restrict__ dh_prev) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+__global__ void gru_cell_backward(long long total, long long H, const T* __restrict__ dh,
+                                  const T* __restrict__ packed, const T* __restrict__ h_prev,
+                                  T* __restrict__ dgi, T* __restrict__ dgh,
+                                  T* __restrict__ dh_prev) {
+    NNX_GRID_STRIDE(idx, total) {
         const long long n = idx / H, j = idx % H;
         const long long b3 = n * 3 * H + j, b4 = n * 4 * H + j;
         const T r = packed[b4], z = packed[b4 + H], nn = packed[b4 + 2 * H],
@@ -65,35 +49,4 @@ __device__ __forceinline__ void gru_backward_body(long long total, long long H,
         dgh[b3 + 2 * H] = dan * r;
         dh_prev[idx] = g * z;
     }
-}
-
-extern "C" __global__ void gru_cell_forward_f32(long long total, long long H,
-                                                const float* __restrict__ gi,
-                                                const float* __restrict__ gh,
-                                                const float* __restrict__ h_prev,
-                                                float* __restrict__ h, float* __restrict__ packed) {
-    gru_forward_body<float>(total, H, gi, gh, h_prev, h, packed);
-}
-extern "C" __global__ void gru_cell_forward_f64(long long total, long long H,
-                                                const double* __restrict__ gi,
-                                                const double* __restrict__ gh,
-                                                const double* __restrict__ h_prev,
-                                                double* __restrict__ h, double* __restrict__ packed) {
-    gru_forward_body<double>(total, H, gi, gh, h_prev, h, packed);
-}
-extern "C" __global__ void gru_cell_backward_f32(long long total, long long H,
-                                                 const float* __restrict__ dh,
-                                                 const float* __restrict__ packed,
-                                                 const float* __restrict__ h_prev,
-                                                 float* __restrict__ dgi, float* __restrict__ dgh,
-                                                 float* __restrict__ dh_prev) {
-    gru_backward_body<float>(total, H, dh, packed, h_prev, dgi, dgh, dh_prev);
-}
-extern "C" __global__ void gru_cell_backward_f64(long long total, long long H,
-                                                 const double* __restrict__ dh,
-                                                 const double* __restrict__ packed,
-                                                 const double* __restrict__ h_prev,
-                                                 double* __restrict__ dgi, double* __restrict__ dgh,
-                                                 double* __restrict__ dh_prev) {
-    gru_backward_body<double>(total, H, dh, packed, h_prev, dgi, dgh, dh_prev);
 }

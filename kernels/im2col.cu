@@ -1,16 +1,14 @@
 // im2col: x (N,C,H,W) -> cols (C*KH*KW, N*OH*OW), row (c*KH + i)*KW + j, column
 // (n*OH + oh)*OW + ow (see nnx/backend/base.py).  One thread per cols element, so writes are
 // coalesced; out-of-image taps (padding) read as 0.
+#include "nnx_common.cuh"
 
 template <typename T>
-__device__ __forceinline__ void im2col_body(long long total, int N, int C, int H, int W, int KH,
-                                            int KW, int OH, int OW, int sh, int sw, int ph, int pw,
-                                            int dh, int dw, const T* __restrict__ x,
-                                            T* __restrict__ cols) {
+__global__ void im2col(long long total, int N, int C, int H, int W, int KH, int KW, int OH,
+                       int OW, int sh, int sw, int ph, int pw, int dh, int dw,
+                       const T* __restrict__ x, T* __restrict__ cols) {
     const long long L = (long long)N * OH * OW;
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+    NNX_GRID_STRIDE(idx, total) {
         const long long col = idx % L;
         const long long row = idx / L;
         const int ow = (int)(col % OW);
@@ -27,16 +25,4 @@ __device__ __forceinline__ void im2col_body(long long total, int N, int C, int H
         if (h >= 0 && h < H && w >= 0 && w < W) v = x[((n * C + c) * H + h) * W + w];
         cols[idx] = v;
     }
-}
-
-extern "C" __global__ void im2col_f32(long long total, int N, int C, int H, int W, int KH, int KW,
-                                      int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw,
-                                      const float* __restrict__ x, float* __restrict__ cols) {
-    im2col_body<float>(total, N, C, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, x, cols);
-}
-
-extern "C" __global__ void im2col_f64(long long total, int N, int C, int H, int W, int KH, int KW,
-                                      int OH, int OW, int sh, int sw, int ph, int pw, int dh, int dw,
-                                      const double* __restrict__ x, double* __restrict__ cols) {
-    im2col_body<double>(total, N, C, H, W, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw, x, cols);
 }

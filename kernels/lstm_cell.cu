@@ -6,25 +6,13 @@
 //           d_o = dh*tc*o*(1-o);  d_i = dct*g*i*(1-i);  d_g = dct*i*(1-g^2);
 //           d_f = dct*c_prev*f*(1-f);  dc_prev = dct*f
 //           has_dh / has_dc == 0 means that gradient is zero (the pointer is then not read).
-
-__device__ __forceinline__ float nnx_exp(float x) { return expf(x); }
-__device__ __forceinline__ double nnx_exp(double x) { return exp(x); }
-__device__ __forceinline__ float nnx_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double nnx_tanh(double x) { return tanh(x); }
+#include "nnx_common.cuh"
 
 template <typename T>
-__device__ __forceinline__ T nnx_sigmoid(T x) {
-    return T(1) / (T(1) + nnx_exp(-x));
-}
-
-template <typename T>
-__device__ __forceinline__ void lstm_forward_body(long long total, long long H,
-                                                  const T* __restrict__ gates,
-                                                  const T* __restrict__ c_prev, T* __restrict__ h,
-                                                  T* __restrict__ c, T* __restrict__ act) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+__global__ void lstm_cell_forward(long long total, long long H, const T* __restrict__ gates,
+                                  const T* __restrict__ c_prev, T* __restrict__ h,
+                                  T* __restrict__ c, T* __restrict__ act) {
+    NNX_GRID_STRIDE(idx, total) {
         const long long n = idx / H, j = idx % H;
         const long long base = n * 4 * H + j;
         const T ig = nnx_sigmoid(gates[base]);
@@ -42,16 +30,12 @@ __device__ __forceinline__ void lstm_forward_body(long long total, long long H,
 }
 
 template <typename T>
-__device__ __forceinline__ void lstm_backward_body(long long total, long long H,
-                                                   const T* __restrict__ dh,
-                                                   const T* __restrict__ dc, int has_dh, int has_dc,
-                                                   const T* __restrict__ act,
-                                                   const T* __restrict__ c_prev,
-                                                   const T* __restrict__ c,
-                                                   T* __restrict__ dgates, T* __restrict__ dc_prev) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+__global__ void lstm_cell_backward(long long total, long long H, const T* __restrict__ dh,
+                                   const T* __restrict__ dc, int has_dh, int has_dc,
+                                   const T* __restrict__ act, const T* __restrict__ c_prev,
+                                   const T* __restrict__ c, T* __restrict__ dgates,
+                                   T* __restrict__ dc_prev) {
+    NNX_GRID_STRIDE(idx, total) {
         const long long n = idx / H, j = idx % H;
         const long long base = n * 4 * H + j;
         const T ig = act[base], fg = act[base + H], gg = act[base + 2 * H], og = act[base + 3 * H];
@@ -64,39 +48,4 @@ __device__ __forceinline__ void lstm_backward_body(long long total, long long H,
         dgates[base + 3 * H] = gh * tc * og * (T(1) - og);
         dc_prev[idx] = dct * fg;
     }
-}
-
-extern "C" __global__ void lstm_cell_forward_f32(long long total, long long H,
-                                                 const float* __restrict__ gates,
-                                                 const float* __restrict__ c_prev,
-                                                 float* __restrict__ h, float* __restrict__ c,
-                                                 float* __restrict__ act) {
-    lstm_forward_body<float>(total, H, gates, c_prev, h, c, act);
-}
-extern "C" __global__ void lstm_cell_forward_f64(long long total, long long H,
-                                                 const double* __restrict__ gates,
-                                                 const double* __restrict__ c_prev,
-                                                 double* __restrict__ h, double* __restrict__ c,
-                                                 double* __restrict__ act) {
-    lstm_forward_body<double>(total, H, gates, c_prev, h, c, act);
-}
-extern "C" __global__ void lstm_cell_backward_f32(long long total, long long H,
-                                                  const float* __restrict__ dh,
-                                                  const float* __restrict__ dc, int has_dh,
-                                                  int has_dc, const float* __restrict__ act,
-                                                  const float* __restrict__ c_prev,
-                                                  const float* __restrict__ c,
-                                                  float* __restrict__ dgates,
-                                                  float* __restrict__ dc_prev) {
-    lstm_backward_body<float>(total, H, dh, dc, has_dh, has_dc, act, c_prev, c, dgates, dc_prev);
-}
-extern "C" __global__ void lstm_cell_backward_f64(long long total, long long H,
-                                                  const double* __restrict__ dh,
-                                                  const double* __restrict__ dc, int has_dh,
-                                                  int has_dc, const double* __restrict__ act,
-                                                  const double* __restrict__ c_prev,
-                                                  const double* __restrict__ c,
-                                                  double* __restrict__ dgates,
-                                                  double* __restrict__ dc_prev) {
-    lstm_backward_body<double>(total, H, dh, dc, has_dh, has_dc, act, c_prev, c, dgates, dc_prev);
 }

@@ -9,10 +9,7 @@
 //  * avg: divisor is kh*kw clipped to the padded extent (count_include_pad) or the number of
 //    real pixels in the window (count_include_pad == 0), exactly like PyTorch.
 
-__device__ __forceinline__ float nnx_neg_inf(float) { return __int_as_float(0xff800000); }
-__device__ __forceinline__ double nnx_neg_inf(double) {
-    return __longlong_as_double(0xfff0000000000000LL);
-}
+#include "nnx_common.cuh"
 
 // Range of output positions along one axis whose window contains input coordinate `h`.
 __device__ __forceinline__ void nnx_window_range(int h, int k, int s, int p, int out, int* lo,
@@ -38,13 +35,11 @@ __device__ __forceinline__ int nnx_avg_divisor(int oh, int ow, int H, int W, int
 }
 
 template <typename T>
-__device__ __forceinline__ void maxpool2d_forward_body(long long total, int H, int W, int OH,
-                                                       int OW, int kh, int kw, int sh, int sw,
-                                                       int ph, int pw, const T* __restrict__ x,
-                                                       T* __restrict__ y, int* __restrict__ argmax) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+__global__ void maxpool2d_forward(long long total, int H, int W, int OH,
+                                  int OW, int kh, int kw, int sh, int sw,
+                                  int ph, int pw, const T* __restrict__ x,
+                                  T* __restrict__ y, int* __restrict__ argmax) {
+    NNX_GRID_STRIDE(idx, total) {
         const int ow = (int)(idx % OW);
         const int oh = (int)((idx / OW) % OH);
         const long long plane = idx / ((long long)OW * OH);
@@ -68,14 +63,12 @@ __device__ __forceinline__ void maxpool2d_forward_body(long long total, int H, i
 }
 
 template <typename T>
-__device__ __forceinline__ void maxpool2d_backward_body(long long total, int H, int W, int OH,
-                                                        int OW, int kh, int kw, int sh, int sw,
-                                                        int ph, int pw, const T* __restrict__ gy,
-                                                        const int* __restrict__ argmax,
-                                                        T* __restrict__ gx) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+__global__ void maxpool2d_backward(long long total, int H, int W, int OH,
+                                   int OW, int kh, int kw, int sh, int sw,
+                                   int ph, int pw, const T* __restrict__ gy,
+                                   const int* __restrict__ argmax,
+                                   T* __restrict__ gx) {
+    NNX_GRID_STRIDE(idx, total) {
         const int w = (int)(idx % W);
         const int h = (int)((idx / W) % H);
         const long long plane = idx / ((long long)W * H);
@@ -95,13 +88,11 @@ __device__ __forceinline__ void maxpool2d_backward_body(long long total, int H, 
 }
 
 template <typename T>
-__device__ __forceinline__ void avgpool2d_forward_body(long long total, int H, int W, int OH,
-                                                       int OW, int kh, int kw, int sh, int sw,
-                                                       int ph, int pw, int include_pad,
-                                                       const T* __restrict__ x, T* __restrict__ y) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+__global__ void avgpool2d_forward(long long total, int H, int W, int OH,
+                                  int OW, int kh, int kw, int sh, int sw,
+                                  int ph, int pw, int include_pad,
+                                  const T* __restrict__ x, T* __restrict__ y) {
+    NNX_GRID_STRIDE(idx, total) {
         const int ow = (int)(idx % OW);
         const int oh = (int)((idx / OW) % OH);
         const long long plane = idx / ((long long)OW * OH);
@@ -116,14 +107,12 @@ __device__ __forceinline__ void avgpool2d_forward_body(long long total, int H, i
 }
 
 template <typename T>
-__device__ __forceinline__ void avgpool2d_backward_body(long long total, int H, int W, int OH,
-                                                        int OW, int kh, int kw, int sh, int sw,
-                                                        int ph, int pw, int include_pad,
-                                                        const T* __restrict__ gy,
-                                                        T* __restrict__ gx) {
-    const long long stride = (long long)blockDim.x * gridDim.x;
-    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += stride) {
+__global__ void avgpool2d_backward(long long total, int H, int W, int OH,
+                                   int OW, int kh, int kw, int sh, int sw,
+                                   int ph, int pw, int include_pad,
+                                   const T* __restrict__ gy,
+                                   T* __restrict__ gx) {
+    NNX_GRID_STRIDE(idx, total) {
         const int w = (int)(idx % W);
         const int h = (int)((idx / W) % H);
         const long long plane = idx / ((long long)W * H);
@@ -139,46 +128,4 @@ __device__ __forceinline__ void avgpool2d_backward_body(long long total, int H, 
             }
         gx[idx] = acc;
     }
-}
-
-#define NNX_POOL_ARGS long long total, int H, int W, int OH, int OW, int kh, int kw, int sh, \
-                      int sw, int ph, int pw
-#define NNX_POOL_PASS total, H, W, OH, OW, kh, kw, sh, sw, ph, pw
-
-extern "C" __global__ void maxpool2d_forward_f32(NNX_POOL_ARGS, const float* __restrict__ x,
-                                                 float* __restrict__ y, int* __restrict__ argmax) {
-    maxpool2d_forward_body<float>(NNX_POOL_PASS, x, y, argmax);
-}
-extern "C" __global__ void maxpool2d_forward_f64(NNX_POOL_ARGS, const double* __restrict__ x,
-                                                 double* __restrict__ y, int* __restrict__ argmax) {
-    maxpool2d_forward_body<double>(NNX_POOL_PASS, x, y, argmax);
-}
-extern "C" __global__ void maxpool2d_backward_f32(NNX_POOL_ARGS, const float* __restrict__ gy,
-                                                  const int* __restrict__ argmax,
-                                                  float* __restrict__ gx) {
-    maxpool2d_backward_body<float>(NNX_POOL_PASS, gy, argmax, gx);
-}
-extern "C" __global__ void maxpool2d_backward_f64(NNX_POOL_ARGS, const double* __restrict__ gy,
-                                                  const int* __restrict__ argmax,
-                                                  double* __restrict__ gx) {
-    maxpool2d_backward_body<double>(NNX_POOL_PASS, gy, argmax, gx);
-}
-extern "C" __global__ void avgpool2d_forward_f32(NNX_POOL_ARGS, int include_pad,
-                                                 const float* __restrict__ x, float* __restrict__ y) {
-    avgpool2d_forward_body<float>(NNX_POOL_PASS, include_pad, x, y);
-}
-extern "C" __global__ void avgpool2d_forward_f64(NNX_POOL_ARGS, int include_pad,
-                                                 const double* __restrict__ x,
-                                                 double* __restrict__ y) {
-    avgpool2d_forward_body<double>(NNX_POOL_PASS, include_pad, x, y);
-}
-extern "C" __global__ void avgpool2d_backward_f32(NNX_POOL_ARGS, int include_pad,
-                                                  const float* __restrict__ gy,
-                                                  float* __restrict__ gx) {
-    avgpool2d_backward_body<float>(NNX_POOL_PASS, include_pad, gy, gx);
-}
-extern "C" __global__ void avgpool2d_backward_f64(NNX_POOL_ARGS, int include_pad,
-                                                  const double* __restrict__ gy,
-                                                  double* __restrict__ gx) {
-    avgpool2d_backward_body<double>(NNX_POOL_PASS, include_pad, gy, gx);
 }

@@ -6,20 +6,9 @@
 // Reductions go through shared memory in T (float for f32, double for f64); no warp shuffles.
 // A label outside [0, C) yields NaN for that row instead of reading out of bounds.
 
-#define NNX_SCE_MAX_THREADS 256
+#include "nnx_common.cuh"
 
-__device__ __forceinline__ float nnx_exp(float x) { return expf(x); }
-__device__ __forceinline__ double nnx_exp(double x) { return exp(x); }
-__device__ __forceinline__ float nnx_log(float x) { return logf(x); }
-__device__ __forceinline__ double nnx_log(double x) { return log(x); }
-__device__ __forceinline__ float nnx_neg_inf(float) { return __int_as_float(0xff800000); }
-__device__ __forceinline__ double nnx_neg_inf(double) {
-    return __longlong_as_double(0xfff0000000000000LL);
-}
-__device__ __forceinline__ float nnx_nan(float) { return __int_as_float(0x7fc00000); }
-__device__ __forceinline__ double nnx_nan(double) {
-    return __longlong_as_double(0x7ff8000000000000LL);
-}
+#define NNX_SCE_MAX_THREADS 256
 
 // Tree reductions; every thread gets the result.  The trailing barrier lets the caller reuse
 // the buffers right away.
@@ -59,9 +48,9 @@ __device__ __forceinline__ void nnx_block_sum2(T* a, T* b, T* bufa, T* bufb) {
 }
 
 template <typename T>
-__device__ __forceinline__ void sce_forward_body(long long N, int C, const T* __restrict__ logits,
-                                                 const long long* __restrict__ labels,
-                                                 T smoothing, T* __restrict__ loss) {
+__global__ void softmax_cross_entropy_forward(long long N, int C, const T* __restrict__ logits,
+                                              const long long* __restrict__ labels,
+                                              T smoothing, T* __restrict__ loss) {
     __shared__ T bufa[NNX_SCE_MAX_THREADS];
     __shared__ T bufb[NNX_SCE_MAX_THREADS];
     for (long long row = blockIdx.x; row < N; row += gridDim.x) {
@@ -96,10 +85,10 @@ __device__ __forceinline__ void sce_forward_body(long long N, int C, const T* __
 }
 
 template <typename T>
-__device__ __forceinline__ void sce_backward_body(long long N, int C, const T* __restrict__ logits,
-                                                  const long long* __restrict__ labels,
-                                                  T smoothing, const T* __restrict__ row_scale,
-                                                  T* __restrict__ grad) {
+__global__ void softmax_cross_entropy_backward(long long N, int C, const T* __restrict__ logits,
+                                               const long long* __restrict__ labels,
+                                               T smoothing, const T* __restrict__ row_scale,
+                                               T* __restrict__ grad) {
     __shared__ T bufa[NNX_SCE_MAX_THREADS];
     __shared__ T bufb[NNX_SCE_MAX_THREADS];
     for (long long row = blockIdx.x; row < N; row += gridDim.x) {
@@ -127,35 +116,4 @@ __device__ __forceinline__ void sce_backward_body(long long N, int C, const T* _
             g[c] = bad ? nnx_nan(T(0)) : scale * (p - q);
         }
     }
-}
-
-extern "C" __global__ void softmax_cross_entropy_forward_f32(long long N, int C,
-                                                             const float* __restrict__ logits,
-                                                             const long long* __restrict__ labels,
-                                                             float smoothing,
-                                                             float* __restrict__ loss) {
-    sce_forward_body<float>(N, C, logits, labels, smoothing, loss);
-}
-extern "C" __global__ void softmax_cross_entropy_forward_f64(long long N, int C,
-                                                             const double* __restrict__ logits,
-                                                             const long long* __restrict__ labels,
-                                                             double smoothing,
-                                                             double* __restrict__ loss) {
-    sce_forward_body<double>(N, C, logits, labels, smoothing, loss);
-}
-extern "C" __global__ void softmax_cross_entropy_backward_f32(long long N, int C,
-                                                              const float* __restrict__ logits,
-                                                              const long long* __restrict__ labels,
-                                                              float smoothing,
-                                                              const float* __restrict__ row_scale,
-                                                              float* __restrict__ grad) {
-    sce_backward_body<float>(N, C, logits, labels, smoothing, row_scale, grad);
-}
-extern "C" __global__ void softmax_cross_entropy_backward_f64(long long N, int C,
-                                                              const double* __restrict__ logits,
-                                                              const long long* __restrict__ labels,
-                                                              double smoothing,
-                                                              const double* __restrict__ row_scale,
-                                                              double* __restrict__ grad) {
-    sce_backward_body<double>(N, C, logits, labels, smoothing, row_scale, grad);
 }

@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backend import kernel_loader
 from nnx.backend.errors import BackendMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "cuda_sim"))
-import simbuild  # noqa: E402
+import sim_backend  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 
@@ -35,22 +34,10 @@ def gpu(request, tmp_path_factory):
         except Exception as exc:  # same logic as conftest's backend fixture
             pytest.skip(f"cuda backend unavailable: {str(exc).splitlines()[0]}")
         return
-    if simbuild.gxx() is None:
-        pytest.skip("g++ not found: cannot simulate the CUDA backend")
-    import fake_cupy
-    fake_cupy.BUILD_DIR = tmp_path_factory.mktemp("fake_cupy_build")
-    saved = sys.modules.get("cupy")
-    sys.modules["cupy"] = fake_cupy
-    kernel_loader.clear_cache()
-    try:
-        from nnx.backend.cupy_backend import CupyBackend
-        yield CupyBackend()
-    finally:
-        kernel_loader.clear_cache()
-        if saved is None:
-            sys.modules.pop("cupy", None)
-        else:
-            sys.modules["cupy"] = saved
+    if sim_backend.available():
+        pytest.skip(sim_backend.available())
+    with sim_backend.simulated_backend(tmp_path_factory.mktemp("fake_cupy_build")) as be:
+        yield be
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,12 @@ import nnx
 import nnx.backend as B
 import nnx.models  # noqa: F401  (nnx.models.get)
 from nnx import nn
-from nnx.backend import kernel_loader
 from nnx.backend.errors import BackendMismatchError
 from nnx.optim import SGD, Adam, AdamW, RMSprop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "cuda_sim"))
-import simbuild  # noqa: E402
+import sim_backend  # noqa: E402
 
 SEED = 7
 
@@ -45,29 +44,21 @@ def gpu(request, tmp_path_factory):
         except Exception as exc:  # same logic as conftest's backend fixture
             pytest.skip(f"cuda backend unavailable: {str(exc).splitlines()[0]}")
         return
-    if simbuild.gxx() is None:
-        pytest.skip("g++ not found: cannot simulate the CUDA backend")
-    import fake_cupy
-    fake_cupy.BUILD_DIR = tmp_path_factory.getbasetemp() / "fake_cupy_build_models"
-    saved_mod, saved_inst = sys.modules.get("cupy"), B._INSTANCES.get("cuda")
+    if sim_backend.available():
+        pytest.skip(sim_backend.available())
+    saved_inst = B._INSTANCES.get("cuda")
     previous = B.get().name
-    sys.modules["cupy"] = fake_cupy
-    kernel_loader.clear_cache()
     try:
-        from nnx.backend.cupy_backend import CupyBackend
-        B._INSTANCES["cuda"] = CupyBackend()
-        yield B._INSTANCES["cuda"]
+        with sim_backend.simulated_backend(
+                tmp_path_factory.getbasetemp() / "fake_cupy_build_models") as be:
+            B._INSTANCES["cuda"] = be
+            yield be
     finally:
         B.use(previous)
-        kernel_loader.clear_cache()
         if saved_inst is None:
             B._INSTANCES.pop("cuda", None)
         else:
             B._INSTANCES["cuda"] = saved_inst
-        if saved_mod is None:
-            sys.modules.pop("cupy", None)
-        else:
-            sys.modules["cupy"] = saved_mod
 
 
 @contextlib.contextmanager

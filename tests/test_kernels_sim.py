@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(simbuild.gxx() is None, reason="g++ not found: c
 
 CU_FILES = sorted((ROOT / "kernels").glob("*.cu"))
 DTYPES = [np.float32, np.float64]
-SFX = {np.float32: "f32", np.float64: "f64"}
+CT = {np.float32: "float", np.float64: "double"}  # kernel name expressions: relu<float>
 # (grid or None for ceil(n/block), block): full grid, and a tiny grid that forces grid-striding.
 LAUNCH = [(None, 256), (2, 64)]
 COVERED: set[str] = set()  # kernel names exercised below (checked by test_every_kernel_tested)
@@ -83,7 +83,7 @@ def test_tanh_backward(sim, cpu, rng, dtype, launch):
     y = np.tanh(rng.standard_normal(n)).astype(dtype)
     gy = rng.standard_normal(n).astype(dtype)
     gx = poison(n, dtype)
-    run(sim, f"tanh_backward_{SFX[dtype]}", n, launch, n, y, gy, gx)
+    run(sim, f"tanh_backward<{CT[dtype]}>", n, launch, n, y, gy, gx)
     np.testing.assert_allclose(gx, cpu.tanh_backward(y, gy), **tol(dtype))
 
 
@@ -95,14 +95,14 @@ def test_relu_family(sim, cpu, rng, dtype, launch):
     b = rng.standard_normal(7).astype(dtype)
     n = x.size
     y = poison(shape, dtype)
-    run(sim, f"relu_{SFX[dtype]}", n, launch, n, x, y)
+    run(sim, f"relu<{CT[dtype]}>", n, launch, n, x, y)
     np.testing.assert_array_equal(y, cpu.relu(x))
     yb = poison(shape, dtype)
-    run(sim, f"bias_relu_{SFX[dtype]}", n, launch, n, 7, 5 * 9, x, b, yb)
+    run(sim, f"bias_relu<{CT[dtype]}>", n, launch, n, 7, 5 * 9, x, b, yb)
     np.testing.assert_allclose(yb, cpu.bias_relu(x, b), **tol(dtype))
     gy = rng.standard_normal(shape).astype(dtype)
     gx = poison(shape, dtype)
-    run(sim, f"relu_backward_{SFX[dtype]}", n, launch, n, yb, gy, gx)
+    run(sim, f"relu_backward<{CT[dtype]}>", n, launch, n, yb, gy, gx)
     np.testing.assert_array_equal(gx, cpu.relu_backward(yb, gy))
 
 
@@ -112,7 +112,7 @@ def test_bias_relu_2d_and_nan(sim, cpu, rng, dtype):
     x[0, 0] = np.nan
     b = rng.standard_normal(11).astype(dtype)
     y = poison(x.shape, dtype)
-    run(sim, f"bias_relu_{SFX[dtype]}", x.size, (None, 256), x.size, 11, 1, x, b, y)
+    run(sim, f"bias_relu<{CT[dtype]}>", x.size, (None, 256), x.size, 11, 1, x, b, y)
     np.testing.assert_allclose(y, cpu.bias_relu(x, b), **tol(dtype))  # NaN stays NaN
 
 
@@ -127,13 +127,13 @@ def test_softmax_cross_entropy(sim, cpu, rng, dtype, n, c, grid, block, smoothin
     scale = rng.random(n).astype(dtype)
     scale[0] = 0.0  # a masked row
     loss = poison(n, dtype)
-    run(sim, f"softmax_cross_entropy_forward_{SFX[dtype]}", n, (grid, block),
+    run(sim, f"softmax_cross_entropy_forward<{CT[dtype]}>", n, (grid, block),
         n, c, z, labels, smoothing, loss)
     ref = cpu.softmax_cross_entropy_forward(z, labels, smoothing)
     t = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else tol(dtype)
     np.testing.assert_allclose(loss, ref, **t)
     g = poison((n, c), dtype)
-    run(sim, f"softmax_cross_entropy_backward_{SFX[dtype]}", n, (grid, block),
+    run(sim, f"softmax_cross_entropy_backward<{CT[dtype]}>", n, (grid, block),
         n, c, z, labels, smoothing, scale, g)
     ref_g = cpu.softmax_cross_entropy_backward(z, labels, smoothing, scale)
     np.testing.assert_allclose(g, ref_g, **(dict(rtol=1e-4, atol=1e-6)
@@ -144,7 +144,7 @@ def test_softmax_cross_entropy_bad_label_is_nan(sim):
     z = np.zeros((2, 4), np.float32)
     labels = np.array([1, 4], np.int64)
     loss = np.zeros(2, np.float32)
-    run(sim, "softmax_cross_entropy_forward_f32", 2, (2, 32), 2, 4, z, labels, 0.0, loss)
+    run(sim, "softmax_cross_entropy_forward<float>", 2, (2, 32), 2, 4, z, labels, 0.0, loss)
     assert np.isfinite(loss[0]) and np.isnan(loss[1])
 
 
@@ -191,7 +191,7 @@ def _im2col_sim(sim, x, k, s, p, d, launch):
     n, c, h, w = x.shape
     oh, ow = out_size(h, k[0], s[0], p[0], d[0]), out_size(w, k[1], s[1], p[1], d[1])
     cols = poison((c * k[0] * k[1], n * oh * ow), x.dtype)
-    run(sim, f"im2col_{SFX[x.dtype.type]}", cols.size, launch, cols.size, n, c, h, w, *k, oh, ow,
+    run(sim, f"im2col<{CT[x.dtype.type]}>", cols.size, launch, cols.size, n, c, h, w, *k, oh, ow,
         *s, *p, *d, x, cols)
     return cols
 
@@ -200,7 +200,7 @@ def _col2im_sim(sim, cols, shape, k, s, p, d, launch):
     n, c, h, w = shape
     oh, ow = out_size(h, k[0], s[0], p[0], d[0]), out_size(w, k[1], s[1], p[1], d[1])
     x = poison(shape, cols.dtype)
-    run(sim, f"col2im_{SFX[cols.dtype.type]}", x.size, launch, x.size, n, c, h, w, *k, oh, ow,
+    run(sim, f"col2im<{CT[cols.dtype.type]}>", x.size, launch, x.size, n, c, h, w, *k, oh, ow,
         *s, *p, *d, cols, x)
     return x
 
@@ -295,22 +295,22 @@ def ref_avgpool_backward(gy, shape, k, s, p, include_pad):
 def _pool_sim(sim, kind, x_or_gy, shape, k, s, p, launch, extra=(), argmax=None):
     n, c, h, w = shape
     oh, ow = out_size(h, k[0], s[0], p[0]), out_size(w, k[1], s[1], p[1])
-    sfx = SFX[x_or_gy.dtype.type]
+    ct = CT[x_or_gy.dtype.type]
     geo = (h, w, oh, ow, *k, *s, *p)
     if kind == "max_fwd":
         y = poison((n, c, oh, ow), x_or_gy.dtype)
         a = np.full((n, c, oh, ow), -7, np.int32)
-        run(sim, f"maxpool2d_forward_{sfx}", y.size, launch, y.size, *geo, x_or_gy, y, a)
+        run(sim, f"maxpool2d_forward<{ct}>", y.size, launch, y.size, *geo, x_or_gy, y, a)
         return y, a
     gx = poison(shape, x_or_gy.dtype)
     if kind == "max_bwd":
-        run(sim, f"maxpool2d_backward_{sfx}", gx.size, launch, gx.size, *geo, x_or_gy, argmax, gx)
+        run(sim, f"maxpool2d_backward<{ct}>", gx.size, launch, gx.size, *geo, x_or_gy, argmax, gx)
         return gx
     if kind == "avg_fwd":
         y = poison((n, c, oh, ow), x_or_gy.dtype)
-        run(sim, f"avgpool2d_forward_{sfx}", y.size, launch, y.size, *geo, *extra, x_or_gy, y)
+        run(sim, f"avgpool2d_forward<{ct}>", y.size, launch, y.size, *geo, *extra, x_or_gy, y)
         return y
-    run(sim, f"avgpool2d_backward_{sfx}", gx.size, launch, gx.size, *geo, *extra, x_or_gy, gx)
+    run(sim, f"avgpool2d_backward<{ct}>", gx.size, launch, gx.size, *geo, *extra, x_or_gy, gx)
     return gx
 
 
@@ -399,11 +399,11 @@ def ref_gru(gi, gh, h_prev, dh):
 def _lstm_sim(sim, gates, c_prev, dh, dc, launch, has=(1, 1)):
     n, H = c_prev.shape
     dt = gates.dtype
-    sfx = SFX[dt.type]
+    ct = CT[dt.type]
     h, c, act = poison((n, H), dt), poison((n, H), dt), poison((n, 4 * H), dt)
-    run(sim, f"lstm_cell_forward_{sfx}", n * H, launch, n * H, H, gates, c_prev, h, c, act)
+    run(sim, f"lstm_cell_forward<{ct}>", n * H, launch, n * H, H, gates, c_prev, h, c, act)
     dg, dcp = poison((n, 4 * H), dt), poison((n, H), dt)
-    run(sim, f"lstm_cell_backward_{sfx}", n * H, launch, n * H, H, dh, dc, *has, act, c_prev, c,
+    run(sim, f"lstm_cell_backward<{ct}>", n * H, launch, n * H, H, dh, dc, *has, act, c_prev, c,
         dg, dcp)
     return h, c, dg, dcp, (act, c_prev, c)
 
@@ -411,11 +411,11 @@ def _lstm_sim(sim, gates, c_prev, dh, dc, launch, has=(1, 1)):
 def _gru_sim(sim, gi, gh, h_prev, dh, launch):
     n, H = h_prev.shape
     dt = gi.dtype
-    sfx = SFX[dt.type]
+    ct = CT[dt.type]
     h, packed = poison((n, H), dt), poison((n, 4 * H), dt)
-    run(sim, f"gru_cell_forward_{sfx}", n * H, launch, n * H, H, gi, gh, h_prev, h, packed)
+    run(sim, f"gru_cell_forward<{ct}>", n * H, launch, n * H, H, gi, gh, h_prev, h, packed)
     dgi, dgh, dhp = poison((n, 3 * H), dt), poison((n, 3 * H), dt), poison((n, H), dt)
-    run(sim, f"gru_cell_backward_{sfx}", n * H, launch, n * H, H, dh, packed, h_prev, dgi, dgh, dhp)
+    run(sim, f"gru_cell_backward<{ct}>", n * H, launch, n * H, H, dh, packed, h_prev, dgi, dgh, dhp)
     return h, dgi, dgh, dhp
 
 
@@ -484,7 +484,7 @@ def test_sgd_update(sim, cpu, rng, dtype, case, launch):
     cpu.sgd_update(rp, g, rbuf if case["momentum"] else None, lr, **case)
     mom, damp = case["momentum"], case.get("dampening", 0.0)
     t = dtype
-    run(sim, f"sgd_update_{SFX[dtype]}", n, launch, n, p, g, buf, t(lr), t(mom), t(1 - damp),
+    run(sim, f"sgd_update<{CT[dtype]}>", n, launch, n, p, g, buf, t(lr), t(mom), t(1 - damp),
         t(case.get("weight_decay", 0.0)), int(case.get("nesterov", False)),
         int(case.get("first_step", False)), int(mom != 0))
     np.testing.assert_allclose(p, rp, **tol(dtype))
@@ -502,7 +502,7 @@ def test_adam_update(sim, cpu, rng, dtype, wd, decoupled, launch):
     cpu.adam_update(rp, g, rm, rv, lr, b1, b2, eps, wd, step, decoupled=decoupled)
     t = dtype
     mode = 0 if not wd else (2 if decoupled else 1)
-    run(sim, f"adam_update_{SFX[dtype]}", n, launch, n, p, g, m, v, t(b1), t(1 - b1), t(b2),
+    run(sim, f"adam_update<{CT[dtype]}>", n, launch, n, p, g, m, v, t(b1), t(1 - b1), t(b2),
         t(1 - b2), t(eps), t(wd), t(1 - lr * wd), t(lr / (1 - b1 ** step)), t(1 - b2 ** step),
         mode)
     for a, b in ((p, rp), (m, rm), (v, rv)):

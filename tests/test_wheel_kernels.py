@@ -18,6 +18,7 @@ from nnx.backend import kernel_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = sorted(p.name for p in (ROOT / "kernels").glob("*.cu"))
+HEADERS = sorted(p.name for p in (ROOT / "kernels").glob("*.cuh"))
 CPU_KERNELS = sorted(f"cpu/{p.name}" for p in (ROOT / "kernels" / "cpu").glob("*.[ch]"))
 _COPY = ["nnx", "kernels", "setup.py", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE"]
 
@@ -44,14 +45,14 @@ def wheel(tmp_path_factory):
 
 @pytest.mark.slow
 def test_wheel_contains_every_kernel(wheel):
-    assert KERNELS, "no kernels/*.cu in the checkout"
+    assert KERNELS and HEADERS, "no kernels/*.cu or *.cuh in the checkout"
     assert any(k.endswith(".c") for k in CPU_KERNELS), "no kernels/cpu/*.c in the checkout"
     names = set(zipfile.ZipFile(wheel).namelist())
-    missing = [k for k in KERNELS + CPU_KERNELS if f"nnx/kernels/{k}" not in names]
+    missing = [k for k in KERNELS + HEADERS + CPU_KERNELS if f"nnx/kernels/{k}" not in names]
     assert not missing, f"kernel sources missing from {wheel.name}: {missing}"
     # shipped byte-for-byte
     with zipfile.ZipFile(wheel) as z:
-        for k in KERNELS + CPU_KERNELS:
+        for k in KERNELS + HEADERS + CPU_KERNELS:
             assert z.read(f"nnx/kernels/{k}") == (ROOT / "kernels" / k).read_bytes()
 
 
@@ -63,7 +64,8 @@ def test_loader_finds_installed_layout(wheel, tmp_path, monkeypatch):
     pkg = site / "nnx"
     assert kernel_loader.find_kernel_dir(pkg) == pkg / "kernels"
     src = kernel_loader.kernel_source("im2col", pkg)
-    assert "im2col_f32" in kernel_loader.kernel_names(src)
+    assert "im2col" in kernel_loader.kernel_names(src)
+    assert "#include" not in src and "NNX_GRID_STRIDE(i, n)" in src  # header inlined from pkg
     # and the installed package itself resolves its own kernels dir (run in a fresh process)
     code = ("from nnx.backend import kernel_loader as k; print(k.find_kernel_dir())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
@@ -101,14 +103,24 @@ def test_loader_finds_checkout_layout(monkeypatch):
     monkeypatch.delenv("NNX_KERNEL_DIR", raising=False)
     assert kernel_loader.find_kernel_dir() == ROOT / "kernels"
     for k in KERNELS:
-        names = kernel_loader.kernel_names(kernel_loader.kernel_source(k[:-3]))
-        assert names and all(n.endswith(("_f32", "_f64")) for n in names), (k, names)
+        spec = kernel_loader.module_spec(k[:-3])
+        names = kernel_loader.kernel_names(spec["code"])
+        assert names and '#include "' not in spec["code"], k
+        assert spec["name_expressions"] == [f"{n}<{t}>" for n in names
+                                            for t in ("float", "double")], (k, spec)
+        assert type(spec["options"]) is tuple  # RawModule's Cython signature: tuple options
 
 
 def test_loader_env_override_and_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("NNX_KERNEL_DIR", str(tmp_path))
-    (tmp_path / "relu.cu").write_text('extern "C" __global__ void relu_f32(int n) {}\n')
+    (tmp_path / "relu.cu").write_text('#include "h.cuh"\ntemplate <typename T>\n'
+                                      '__global__ void relu(int n) {}\n')
+    (tmp_path / "h.cuh").write_text("#define NNX_H 1\n")
     assert kernel_loader.find_kernel_dir() == tmp_path
+    assert kernel_loader.module_spec("relu")["code"].startswith("#define NNX_H 1\n")
+    (tmp_path / "h.cuh").unlink()
+    with pytest.raises(FileNotFoundError, match="h.cuh"):
+        kernel_loader.kernel_source("relu")
     with pytest.raises(FileNotFoundError, match="im2col.cu"):
         kernel_loader.kernel_source("im2col")
     empty = tmp_path / "empty" / "nnx"

@@ -1,8 +1,8 @@
 """The CUDA backend: CuPy arrays plus nnx's own kernels (``kernels/*.cu``).
 
 Every fused operation of :class:`~nnx.backend.base.Backend` runs as one of our kernels,
-dispatched on dtype (``<name>_f32`` / ``<name>_f64``; other dtypes raise ``TypeError``) and
-compiled lazily by :mod:`nnx.backend.kernel_loader`.  Inputs are made C-contiguous first (the
+dispatched on dtype (the template instantiation ``<name><float>`` / ``<name><double>``; other
+dtypes raise ``TypeError``) and compiled lazily by :mod:`nnx.backend.kernel_loader`.  Inputs are made C-contiguous first (the
 kernels index flat memory).  Kernel scalars are passed as NumPy scalars of the exact C type
 (CuPy would turn a Python float into a C ``double``).
 
@@ -20,7 +20,6 @@ from . import kernel_loader as kl
 from .base import Backend, out_size
 from .errors import BackendMismatchError, BackendUnavailableError
 
-_FLOAT_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _i32, _i64 = np.int32, np.int64
 
 
@@ -90,12 +89,14 @@ class CupyBackend(Backend):
             raise TypeError(f"{what}: expected a CuPy array, got {type(x).__name__}")
         return self.xp.ascontiguousarray(x)
 
-    def _sfx(self, x, what):
+    @staticmethod
+    def _kernel_dtype(x, what):
+        """The dtype of ``x`` if a kernel instantiation exists for it, else TypeError."""
         try:
-            return _FLOAT_SUFFIX[np.dtype(x.dtype)]
-        except KeyError:
-            raise TypeError(f"{what}: the cuda kernels support float32 and float64, got "
-                            f"{x.dtype}") from None
+            kl.element_type(x.dtype)
+        except TypeError as exc:
+            raise TypeError(f"{what}: {exc}") from None
+        return x.dtype
 
     def _same(self, ref, x, what, shape=None):
         x = self._native(x, what)
@@ -107,10 +108,10 @@ class CupyBackend(Backend):
         return x
 
     @staticmethod
-    def _launch(stem, name, n, args):
+    def _launch(stem, name, dtype, n, args):
         if n > 0:
             grid, block = kl.launch_config(n)
-            kl.get_kernel(stem, name)(grid, block, args)
+            kl.get_kernel(stem, name, dtype)(grid, block, args)
 
     # ---------------------------------------------------------------- arrays
     def asarray(self, x, dtype=None):
@@ -165,10 +166,10 @@ class CupyBackend(Backend):
     # ---------------------------------------------------------------- element-wise
     def _unary(self, stem, kname, a, b, what):
         a = self._native(a, what)
-        sfx = self._sfx(a, what)
+        kdt = self._kernel_dtype(a, what)
         b = self._same(a, b, what, a.shape)
         out = self.xp.empty_like(a)
-        self._launch(stem, f"{kname}_{sfx}", a.size, (_i64(a.size), a, b, out))
+        self._launch(stem, kname, kdt, a.size, (_i64(a.size), a, b, out))
         return out
 
     def tanh_backward(self, y, gy):
@@ -179,14 +180,14 @@ class CupyBackend(Backend):
 
     def relu(self, x):
         x = self._native(x, "relu")
-        sfx = self._sfx(x, "relu")
+        kdt = self._kernel_dtype(x, "relu")
         out = self.xp.empty_like(x)
-        self._launch("relu", f"relu_{sfx}", x.size, (_i64(x.size), x, out))
+        self._launch("relu", "relu", kdt, x.size, (_i64(x.size), x, out))
         return out
 
     def bias_relu(self, x, b):
         x = self._native(x, "bias_relu")
-        sfx = self._sfx(x, "bias_relu")
+        kdt = self._kernel_dtype(x, "bias_relu")
         if x.ndim < 2:
             raise ValueError(f"bias_relu: x must have at least 2 dims (N, C, ...), got "
                              f"shape {tuple(x.shape)}")
@@ -194,41 +195,41 @@ class CupyBackend(Backend):
         b = self._same(x, b, "bias_relu bias", (channels,))
         inner = int(np.prod(x.shape[2:], dtype=np.int64))
         out = self.xp.empty_like(x)
-        self._launch("relu", f"bias_relu_{sfx}", x.size,
+        self._launch("relu", "bias_relu", kdt, x.size,
                      (_i64(x.size), _i64(channels), _i64(max(inner, 1)), x, b, out))
         return out
 
     # ---------------------------------------------------------------- losses
     def _sce_inputs(self, logits, labels, what):
         z = self._native(logits, what)
-        sfx = self._sfx(z, what)
+        kdt = self._kernel_dtype(z, what)
         if z.ndim != 2 or z.shape[1] == 0:
             raise ValueError(f"{what}: logits must be (N, C) with C >= 1, got {tuple(z.shape)}")
         lab = self.xp.ascontiguousarray(self.xp.asarray(labels), dtype=self.xp.int64)
         if lab.shape != (z.shape[0],):
             raise ValueError(f"{what}: labels shape {tuple(lab.shape)} does not match "
                              f"({z.shape[0]},)")
-        return z, lab, sfx
+        return z, lab, kdt
 
     def softmax_cross_entropy_forward(self, logits, labels, label_smoothing=0.0):
-        z, lab, sfx = self._sce_inputs(logits, labels, "softmax_cross_entropy_forward")
+        z, lab, kdt = self._sce_inputs(logits, labels, "softmax_cross_entropy_forward")
         n, c = z.shape
         loss = self.xp.empty(n, dtype=z.dtype)
         if n:
             grid, block = kl.rows_config(n, c)
-            kl.get_kernel("softmax_cross_entropy", f"softmax_cross_entropy_forward_{sfx}")(
+            kl.get_kernel("softmax_cross_entropy", "softmax_cross_entropy_forward", kdt)(
                 grid, block, (_i64(n), _i32(c), z, lab, z.dtype.type(label_smoothing), loss))
         return loss
 
     def softmax_cross_entropy_backward(self, logits, labels, label_smoothing, row_scale):
-        z, lab, sfx = self._sce_inputs(logits, labels, "softmax_cross_entropy_backward")
+        z, lab, kdt = self._sce_inputs(logits, labels, "softmax_cross_entropy_backward")
         n, c = z.shape
         scale = self.xp.ascontiguousarray(
             self.xp.broadcast_to(self.xp.asarray(row_scale, dtype=z.dtype), (n,)))
         grad = self.xp.empty_like(z)
         if n:
             grid, block = kl.rows_config(n, c)
-            kl.get_kernel("softmax_cross_entropy", f"softmax_cross_entropy_backward_{sfx}")(
+            kl.get_kernel("softmax_cross_entropy", "softmax_cross_entropy_backward", kdt)(
                 grid, block, (_i64(n), _i32(c), z, lab, z.dtype.type(label_smoothing), scale,
                               grad))
         return grad
@@ -249,23 +250,23 @@ class CupyBackend(Backend):
 
     def im2col(self, x, kernel, stride, padding, dilation):
         x = self._native(x, "im2col")
-        sfx = self._sfx(x, "im2col")
+        kdt = self._kernel_dtype(x, "im2col")
         n, c, h, w, oh, ow = self._geometry(x.shape, kernel, stride, padding, dilation)
         cols = self.xp.empty((c * kernel[0] * kernel[1], n * oh * ow), dtype=x.dtype)
         geo = [_i32(v) for v in (n, c, h, w, *kernel, oh, ow, *stride, *padding, *dilation)]
-        self._launch("im2col", f"im2col_{sfx}", cols.size, (_i64(cols.size), *geo, x, cols))
+        self._launch("im2col", "im2col", kdt, cols.size, (_i64(cols.size), *geo, x, cols))
         return cols
 
     def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
         cols = self._native(cols, "col2im")
-        sfx = self._sfx(cols, "col2im")
+        kdt = self._kernel_dtype(cols, "col2im")
         n, c, h, w, oh, ow = self._geometry(x_shape, kernel, stride, padding, dilation)
         expect = (c * kernel[0] * kernel[1], n * oh * ow)
         if tuple(cols.shape) != expect:
             raise ValueError(f"col2im: cols shape {tuple(cols.shape)} does not match {expect}")
         x = self.xp.empty((n, c, h, w), dtype=cols.dtype)
         geo = [_i32(v) for v in (n, c, h, w, *kernel, oh, ow, *stride, *padding, *dilation)]
-        self._launch("col2im", f"col2im_{sfx}", x.size, (_i64(x.size), *geo, cols, x))
+        self._launch("col2im", "col2im", kdt, x.size, (_i64(x.size), *geo, cols, x))
         return x
 
     def _pool_geo(self, x_shape, kernel, stride, padding):
@@ -279,41 +280,41 @@ class CupyBackend(Backend):
     def maxpool2d_forward(self, x, kernel, stride, padding):
         """``saved`` is the int32 arg-max (flat index ``h*W + w`` into each input plane)."""
         x = self._native(x, "maxpool2d_forward")
-        sfx = self._sfx(x, "maxpool2d_forward")
+        kdt = self._kernel_dtype(x, "maxpool2d_forward")
         _, yshape, geo = self._pool_geo(x.shape, kernel, stride, padding)
         y = self.xp.empty(yshape, dtype=x.dtype)
         arg = self.xp.empty(yshape, dtype=self.xp.int32)
-        self._launch("pooling", f"maxpool2d_forward_{sfx}", y.size,
+        self._launch("pooling", "maxpool2d_forward", kdt, y.size,
                      (_i64(y.size), *geo, x, y, arg))
         return y, arg
 
     def maxpool2d_backward(self, gy, saved, x_shape, kernel, stride, padding):
         gy = self._native(gy, "maxpool2d_backward")
-        sfx = self._sfx(gy, "maxpool2d_backward")
+        kdt = self._kernel_dtype(gy, "maxpool2d_backward")
         xshape, yshape, geo = self._pool_geo(x_shape, kernel, stride, padding)
         _check_pooled_grad(gy, yshape, "maxpool2d_backward")
         arg = self.xp.ascontiguousarray(saved, dtype=self.xp.int32)
         gx = self.xp.empty(xshape, dtype=gy.dtype)
-        self._launch("pooling", f"maxpool2d_backward_{sfx}", gx.size,
+        self._launch("pooling", "maxpool2d_backward", kdt, gx.size,
                      (_i64(gx.size), *geo, gy, arg, gx))
         return gx
 
     def avgpool2d_forward(self, x, kernel, stride, padding, count_include_pad=True):
         x = self._native(x, "avgpool2d_forward")
-        sfx = self._sfx(x, "avgpool2d_forward")
+        kdt = self._kernel_dtype(x, "avgpool2d_forward")
         _, yshape, geo = self._pool_geo(x.shape, kernel, stride, padding)
         y = self.xp.empty(yshape, dtype=x.dtype)
-        self._launch("pooling", f"avgpool2d_forward_{sfx}", y.size,
+        self._launch("pooling", "avgpool2d_forward", kdt, y.size,
                      (_i64(y.size), *geo, _i32(bool(count_include_pad)), x, y))
         return y
 
     def avgpool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad=True):
         gy = self._native(gy, "avgpool2d_backward")
-        sfx = self._sfx(gy, "avgpool2d_backward")
+        kdt = self._kernel_dtype(gy, "avgpool2d_backward")
         xshape, yshape, geo = self._pool_geo(x_shape, kernel, stride, padding)
         _check_pooled_grad(gy, yshape, "avgpool2d_backward")
         gx = self.xp.empty(xshape, dtype=gy.dtype)
-        self._launch("pooling", f"avgpool2d_backward_{sfx}", gx.size,
+        self._launch("pooling", "avgpool2d_backward", kdt, gx.size,
                      (_i64(gx.size), *geo, _i32(bool(count_include_pad)), gy, gx))
         return gx
 
@@ -321,7 +322,7 @@ class CupyBackend(Backend):
     def lstm_cell_forward(self, gates, c_prev):
         """``saved = (act, c_prev, c)`` with ``act`` the activated gates ``(N,4H)``."""
         gates = self._native(gates, "lstm_cell_forward gates")
-        sfx = self._sfx(gates, "lstm_cell_forward")
+        kdt = self._kernel_dtype(gates, "lstm_cell_forward")
         if gates.ndim != 2 or gates.shape[1] % 4:
             raise ValueError(f"lstm_cell_forward: gates must be (N, 4H), got "
                              f"{tuple(gates.shape)}")
@@ -330,20 +331,20 @@ class CupyBackend(Backend):
         h = self.xp.empty((n, hid), dtype=gates.dtype)
         c = self.xp.empty_like(h)
         act = self.xp.empty_like(gates)
-        self._launch("lstm_cell", f"lstm_cell_forward_{sfx}", h.size,
+        self._launch("lstm_cell", "lstm_cell_forward", kdt, h.size,
                      (_i64(h.size), _i64(hid), gates, c_prev, h, c, act))
         return h, c, (act, c_prev, c)
 
     def lstm_cell_backward(self, dh, dc, saved):
         """``dh`` or ``dc`` may be None (zero)."""
         act, c_prev, c = saved
-        sfx = self._sfx(c, "lstm_cell_backward")
+        kdt = self._kernel_dtype(c, "lstm_cell_backward")
         n, hid = c.shape
         dh_ = c if dh is None else self._same(c, dh, "lstm_cell_backward dh", (n, hid))
         dc_ = c if dc is None else self._same(c, dc, "lstm_cell_backward dc", (n, hid))
         dgates = self.xp.empty_like(act)
         dc_prev = self.xp.empty_like(c)
-        self._launch("lstm_cell", f"lstm_cell_backward_{sfx}", c.size,
+        self._launch("lstm_cell", "lstm_cell_backward", kdt, c.size,
                      (_i64(c.size), _i64(hid), dh_, dc_, _i32(dh is not None),
                       _i32(dc is not None), act, c_prev, c, dgates, dc_prev))
         return dgates, dc_prev
@@ -351,7 +352,7 @@ class CupyBackend(Backend):
     def gru_cell_forward(self, gi, gh, h_prev):
         """``saved = (packed, h_prev)``, ``packed (N,4H) = [r | z | n | gh_n]``."""
         gi = self._native(gi, "gru_cell_forward gi")
-        sfx = self._sfx(gi, "gru_cell_forward")
+        kdt = self._kernel_dtype(gi, "gru_cell_forward")
         if gi.ndim != 2 or gi.shape[1] % 3:
             raise ValueError(f"gru_cell_forward: gi must be (N, 3H), got {tuple(gi.shape)}")
         n, hid = gi.shape[0], gi.shape[1] // 3
@@ -359,19 +360,19 @@ class CupyBackend(Backend):
         h_prev = self._same(gi, h_prev, "gru_cell_forward h_prev", (n, hid))
         h = self.xp.empty((n, hid), dtype=gi.dtype)
         packed = self.xp.empty((n, 4 * hid), dtype=gi.dtype)
-        self._launch("gru_cell", f"gru_cell_forward_{sfx}", h.size,
+        self._launch("gru_cell", "gru_cell_forward", kdt, h.size,
                      (_i64(h.size), _i64(hid), gi, gh, h_prev, h, packed))
         return h, (packed, h_prev)
 
     def gru_cell_backward(self, dh, saved):
         packed, h_prev = saved
-        sfx = self._sfx(h_prev, "gru_cell_backward")
+        kdt = self._kernel_dtype(h_prev, "gru_cell_backward")
         n, hid = h_prev.shape
         dh = self._same(h_prev, dh, "gru_cell_backward dh", (n, hid))
         dgi = self.xp.empty((n, 3 * hid), dtype=h_prev.dtype)
         dgh = self.xp.empty_like(dgi)
         dh_prev = self.xp.empty_like(h_prev)
-        self._launch("gru_cell", f"gru_cell_backward_{sfx}", dh.size,
+        self._launch("gru_cell", "gru_cell_backward", kdt, dh.size,
                      (_i64(dh.size), _i64(hid), dh, packed, h_prev, dgi, dgh, dh_prev))
         return dgi, dgh, dh_prev
 
@@ -386,7 +387,7 @@ class CupyBackend(Backend):
 
     def sgd_update(self, param, grad, buf, lr, momentum=0.0, dampening=0.0, nesterov=False,
                    weight_decay=0.0, first_step=False):
-        sfx = self._sfx(param, "sgd_update")
+        kdt = self._kernel_dtype(param, "sgd_update")
         p, p_copy = self._inplace(param, "sgd_update param")
         g = self._same(p, grad, "sgd_update grad", p.shape)
         if momentum:
@@ -397,7 +398,7 @@ class CupyBackend(Backend):
         else:
             b, b_copy = p, False  # never read when use_momentum == 0
         t = p.dtype.type
-        self._launch("optim", f"sgd_update_{sfx}", p.size,
+        self._launch("optim", "sgd_update", kdt, p.size,
                      (_i64(p.size), p, g, b, t(lr), t(momentum), t(1 - dampening),
                       t(weight_decay), _i32(bool(nesterov)), _i32(bool(first_step)),
                       _i32(bool(momentum))))
@@ -408,7 +409,7 @@ class CupyBackend(Backend):
 
     def adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step,
                     decoupled=False):
-        sfx = self._sfx(param, "adam_update")
+        kdt = self._kernel_dtype(param, "adam_update")
         p, p_copy = self._inplace(param, "adam_update param")
         g = self._same(p, grad, "adam_update grad", p.shape)
         m_, m_copy = self._inplace(m, "adam_update m")
@@ -419,7 +420,7 @@ class CupyBackend(Backend):
         t = p.dtype.type
         bc1 = 1 - beta1 ** step
         bc2 = 1 - beta2 ** step
-        self._launch("optim", f"adam_update_{sfx}", p.size,
+        self._launch("optim", "adam_update", kdt, p.size,
                      (_i64(p.size), p, g, m_, v_, t(beta1), t(1 - beta1), t(beta2),
                       t(1 - beta2), t(eps), t(weight_decay), t(1 - lr * weight_decay),
                       t(lr / bc1), t(bc2), _i32(mode)))

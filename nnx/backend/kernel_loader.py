@@ -1,13 +1,17 @@
 """Find nnx's CUDA kernel sources and compile them lazily with CuPy.
 
-Sources live in ``<repo>/kernels/*.cu`` in a checkout and in ``nnx/kernels/*.cu`` inside an
-installed wheel (``setup.py`` copies them there).  Each file is compiled once per device, on
-first use, as ``cupy.RawModule`` and cached in a module-level dict; nothing is compiled at
-import.  Kernels are ``extern "C"`` (unmangled ``<name>_f32`` / ``<name>_f64``), so they are
-fetched with ``get_function`` and need no ``name_expressions``.
+Sources live in ``<repo>/kernels/*.cu`` (plus the shared header ``nnx_common.cuh``) in a
+checkout and in ``nnx/kernels/`` inside an installed wheel (``setup.py`` copies them there).
+Each kernel is a ``template <typename T> __global__`` function written once; a file is
+compiled once per device, on first use, as ``cupy.RawModule(code, options,
+name_expressions=[...])`` with one name expression per kernel and element type
+(``relu<float>``, ``relu<double>``) and cached in a module-level dict; nothing is compiled at
+import.  Kernels are fetched with ``get_function("relu<float>")`` (CuPy's documented way to
+use C++ templates).  :func:`module_spec` is the single description of what RawModule gets, so
+the NVRTC tests compile exactly that.
 
 This module imports CuPy only inside the functions that compile/launch, so the source lookup
-(`find_kernel_dir`, `kernel_source`, `kernel_names`) works without CuPy.
+(`find_kernel_dir`, `kernel_source`, `kernel_names`, `module_spec`) works without CuPy.
 """
 from __future__ import annotations
 
@@ -19,8 +23,13 @@ from pathlib import Path
 BLOCK = 256                       # threads per block for the element-wise kernels
 _MAX_GRID = 65535                 # grid cap without a device (grid-stride loops do the rest)
 _BLOCKS_PER_SM = 32               # enough resident blocks to fill an SM several times over
-_KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
-_OPTIONS = ("--std=c++14",)
+_KERNEL_RE = re.compile(r'template\s*<\s*typename\s+T\s*>\s*__global__\s+void\s+(\w+)\s*\(')
+_INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
+# Options nnx gives RawModule (CuPy itself adds -ftz=true and -arch=sm_XX/compute_XX).
+COMPILE_OPTIONS = ("--std=c++14",)
+# Element type of each instantiation, by NumPy dtype name.  half/bfloat16 would be added here
+# (plus their overloads in nnx_common.cuh).
+ELEMENT_TYPES = {"float32": "float", "float64": "double"}
 
 _MODULES: dict[tuple[str, int], object] = {}   # (file stem, device id) -> cupy.RawModule
 _GRID_CAP: dict[int, int] = {}                  # device id -> max blocks per launch
@@ -52,16 +61,58 @@ def find_kernel_dir(package_dir=None) -> Path:
 
 
 def kernel_source(stem: str, package_dir=None) -> str:
-    """Text of ``<stem>.cu``."""
-    path = find_kernel_dir(package_dir) / f"{stem}.cu"
+    """Text of ``<stem>.cu`` with its local ``#include "..."`` headers inlined (each once), so
+    the code is self-contained: NVRTC needs no include path and CuPy's compile cache, keyed
+    by the source text, changes when a header does."""
+    root = find_kernel_dir(package_dir)
+    path = root / f"{stem}.cu"
     if not path.is_file():
         raise FileNotFoundError(f"CUDA kernel source {path} is missing")
-    return path.read_text()
+    seen: set[str] = set()
+
+    def inline(match):
+        name = match.group(1)
+        if name in seen:
+            return ""
+        seen.add(name)
+        header = root / name
+        if not header.is_file():
+            raise FileNotFoundError(f"{path.name} includes {name!r}, which is not in {root}")
+        return _INCLUDE_RE.sub(inline, header.read_text())
+
+    return _INCLUDE_RE.sub(inline, path.read_text())
 
 
 def kernel_names(source: str) -> list[str]:
-    """The ``extern "C" __global__`` kernel names defined in ``source``."""
+    """The ``template <typename T> __global__`` kernel names defined in ``source``."""
     return _KERNEL_RE.findall(source)
+
+
+def element_type(dtype) -> str:
+    """C++ element type of the kernel instantiation for NumPy ``dtype``; TypeError if none."""
+    import numpy as np
+    try:
+        return ELEMENT_TYPES[np.dtype(dtype).name]
+    except (KeyError, TypeError):
+        raise TypeError(f"the cuda kernels support {', '.join(ELEMENT_TYPES)}, got "
+                        f"{dtype}") from None
+
+
+def instance(name: str, dtype) -> str:
+    """Name expression of kernel ``name`` for ``dtype``, e.g. ``relu<float>``."""
+    return f"{name}<{element_type(dtype)}>"
+
+
+def module_spec(stem: str, package_dir=None) -> dict:
+    """Keyword arguments of ``cupy.RawModule`` for ``kernels/<stem>.cu``: the self-contained
+    ``code``, ``options`` (a tuple, as RawModule requires) and ``name_expressions`` (every
+    kernel of the file for every element type)."""
+    code = kernel_source(stem, package_dir)
+    names = kernel_names(code)
+    if not names:
+        raise ValueError(f"{stem}.cu defines no 'template <typename T> __global__' kernel")
+    return {"code": code, "options": COMPILE_OPTIONS,
+            "name_expressions": [f"{n}<{t}>" for n in names for t in ELEMENT_TYPES.values()]}
 
 
 def get_module(stem: str):
@@ -73,15 +124,16 @@ def get_module(stem: str):
         with _LOCK:
             mod = _MODULES.get(key)
             if mod is None:
-                mod = cupy.RawModule(code=kernel_source(stem), options=_OPTIONS)
+                mod = cupy.RawModule(**module_spec(stem))
                 mod.compile()  # surface compile errors here, not at the first launch
                 _MODULES[key] = mod
     return mod
 
 
-def get_kernel(stem: str, name: str):
-    """``cupy.RawKernel`` ``name`` from ``kernels/<stem>.cu`` (compiled on first use)."""
-    return get_module(stem).get_function(name)
+def get_kernel(stem: str, name: str, dtype):
+    """``cupy.RawKernel`` ``name<T>`` (T the element type of ``dtype``) from
+    ``kernels/<stem>.cu``, compiled on first use."""
+    return get_module(stem).get_function(instance(name, dtype))
 
 
 def _grid_cap() -> int:

@@ -17,6 +17,9 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 struct dim3 {
     unsigned x, y, z;
@@ -69,8 +72,18 @@ inline std::mutex& atomic_mutex() {
     return m;
 }
 
+// CUDA's -ftz=true (CuPy's default) for float kernels: FTZ (flush denormal results) and DAZ
+// (read denormal inputs as 0) in this thread's SSE control register.
+inline void set_flush_to_zero(bool on) {
+#if defined(__SSE__)
+    if (on) _mm_setcsr(_mm_getcsr() | 0x8040u);
+#else
+    (void)on;
+#endif
+}
+
 template <typename... KArgs, typename... Args>
-void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args) {
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, bool ftz, Args... args) {
     const unsigned nthreads = block.x * block.y * block.z;
     blockDim = block;
     gridDim = grid;
@@ -80,6 +93,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args) {
     pool.reserve(nthreads);
     for (unsigned t = 0; t < nthreads; ++t) {
         pool.emplace_back([&, t] {
+            set_flush_to_zero(ftz);  // fresh threads start with the default (IEEE) mode
             threadIdx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
             for (unsigned bz = 0; bz < grid.z; ++bz)
                 for (unsigned by = 0; by < grid.y; ++by)

@@ -20,12 +20,25 @@ can report them.  What a subclass cannot catch: ``np.asarray(dev)``/``np.array(d
 host copy silently (CuPy raises); the host result is then caught where it meets device data.
 The array class claims CuPy's module name so that nnx's ``type(x).__module__`` checks treat
 it as a CuPy array (``.get()`` is provided).
+
+Strictness.  The explicit API below (``RawModule``, kernels, ``cuda.Device``, memory pool,
+``random.RandomState``) takes exactly the arguments real CuPy 13/14 takes, with the types its
+Cython signatures demand (``options`` must be a tuple, grid/block tuples, ``get_function``
+only for a compiled name expression).  Every use of the module is logged in ``API_LOG``
+(``"cupy.cuda.Device"`` -> call shapes) and every public ndarray attribute in ``NDARRAY_ATTRS``
+so ``tests/test_cupy_conformance.py`` can check each name and call against the installed CuPy.
+
+Devices.  ``DEVICE_COUNT`` devices (default 1); the current device is per thread, as in CUDA
+(``Device(i).use()`` and ``with Device(i):``).  Arrays remember the device current when they
+were allocated, modules the device they were compiled on; a kernel launched with an array or
+module of another device raises (on a GPU: an illegal address or invalid handle).
 """
 from __future__ import annotations
 
 import hashlib
 import sys
 import tempfile
+import threading
 import types
 from pathlib import Path
 
@@ -35,12 +48,42 @@ import simbuild
 
 BUILD_DIR = Path(tempfile.gettempdir()) / "nnx_fake_cupy_build"
 NUMPY_CALLS: list[tuple[str, str]] = []   # (numpy function, "file:line") on device arrays
+API_LOG: dict[str, set] = {}   # "cupy.x.y" -> {(positional arg types, ((kw, type), ...))}
+NDARRAY_ATTRS: set[str] = set()  # public attributes read on device arrays
+DEVICE_COUNT = 1
+_THREAD = threading.local()      # .device: this thread's current device id
+
+
+def _log(path, args=None, kwargs=None):
+    """Record a use of ``path``; for calls, the types of the arguments."""
+    shapes = API_LOG.setdefault(path, set())
+    if args is not None:
+        shapes.add((tuple(type(a).__name__ for a in args),
+                    tuple(sorted((k, type(v).__name__) for k, v in (kwargs or {}).items()))))
+
+
+def _current_device() -> int:
+    return getattr(_THREAD, "device", 0)
 
 _TRANSFER = {"array", "asarray", "asanyarray"}
 
 
 class ndarray(np.ndarray):
-    """Marks "device" arrays."""
+    """Marks "device" arrays; ``_device_id`` is the device current at allocation."""
+
+    def __array_finalize__(self, obj):
+        self._device_id = getattr(obj, "_device_id", None)
+        if self._device_id is None:
+            self._device_id = _current_device()
+
+    def __getattribute__(self, name):
+        if name[0] != "_":
+            NDARRAY_ATTRS.add(name)
+        return super().__getattribute__(name)
+
+    @property
+    def device(self):
+        return _Device(self._device_id)
 
     def get(self, stream=None, order="C", out=None):
         """Host copy (CuPy's ``ndarray.get``)."""
@@ -133,32 +176,43 @@ def _poison(a):
 int32, int64, float32, float64 = np.int32, np.int64, np.float32, np.float64
 
 
+def _given(**kwargs):
+    """The keywords a caller passed with a non-default value (for the call log)."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
 def asarray(x, dtype=None, order=None):
+    _log("cupy.asarray", (x,), _given(dtype=dtype, order=order))
     if isinstance(x, ndarray) and (dtype is None or np.dtype(dtype) == x.dtype):
         return x  # CuPy's asarray does not copy a device array
     return _dev(np.array(x, dtype=dtype, copy=True))  # a "transfer" never aliases host memory
 
 
 def ascontiguousarray(a, dtype=None):
+    _log("cupy.ascontiguousarray", (a,), _given(dtype=dtype))
     _reject_host("ascontiguousarray", (a,))
     out = np.ascontiguousarray(a, dtype=dtype)
     return out if isinstance(out, ndarray) else _dev(out)
 
 
 def empty(shape, dtype=float, order="C"):
+    _log("cupy.empty", (shape,), _given(dtype=dtype))
     return _poison(_dev(np.empty(shape, dtype, order=order)))
 
 
 def empty_like(a, dtype=None, order="K", subok=None, shape=None):
+    _log("cupy.empty_like", (a,), _given(dtype=dtype, shape=shape))
     return _poison(_dev(np.empty(np.shape(a) if shape is None else shape, dtype or a.dtype)))
 
 
 def broadcast_to(a, shape):
+    _log("cupy.broadcast_to", (a, shape), {})
     _reject_host("broadcast_to", (a,))
     return _dev(np.broadcast_to(a, shape))
 
 
 def asnumpy(a, stream=None, order="C", out=None):
+    _log("cupy.asnumpy", (a,), _given(stream=stream, out=out))
     return np.array(a).view(np.ndarray)
 
 
@@ -170,6 +224,7 @@ class _Ufunc:
         self.__name__ = uf.__name__
 
     def __call__(self, *args, **kwargs):
+        _log(f"cupy.{self.__name__}", args, kwargs)
         _reject_host(self.__name__, (args, kwargs))
         return _call_device(self._uf, args, kwargs)
 
@@ -178,6 +233,7 @@ class _Ufunc:
         name = f"{self.__name__}.{method}"
 
         def call(*args, **kwargs):
+            _log(f"cupy.{name}", args, kwargs)
             _reject_host(name, (args, kwargs))
             return _call_device(fn, args, kwargs)
         return call
@@ -195,6 +251,7 @@ def _device_function(fn, name):
     transfer = name in _TRANSFER or name.endswith("_like")
 
     def call(*args, **kwargs):
+        _log(f"cupy.{name}", args, kwargs)
         if not transfer:
             _reject_host(name, (args, kwargs))
         return _call_device(fn, args, kwargs)
@@ -223,46 +280,107 @@ def __getattr__(name):
 
 
 class _Pool:
+    """cupy.cuda.MemoryPool's byte counters (nothing is pooled here)."""
+
     def used_bytes(self):
+        _log("cupy.cuda.MemoryPool.used_bytes", (), {})
         return 0
 
     def total_bytes(self):
+        _log("cupy.cuda.MemoryPool.total_bytes", (), {})
         return 0
+
+    def free_all_blocks(self, stream=None):
+        _log("cupy.cuda.MemoryPool.free_all_blocks", (), {"stream": stream})
+
+
+_POOL = _Pool()
 
 
 def get_default_memory_pool():
-    return _Pool()
+    _log("cupy.get_default_memory_pool", (), {})
+    return _POOL
 
 
 class _RandomState:
-    def __init__(self, seed=0):
+    """cupy.random.RandomState(seed=None, method=...) with the two draws nnx uses."""
+
+    def __init__(self, seed=None, method=None):
+        _log("cupy.random.RandomState", (seed,), {} if method is None else {"method": method})
         self._g = np.random.default_rng(seed)
 
     def random_sample(self, size=None, dtype=float):
+        _log("cupy.random.RandomState.random_sample", (), {"size": size, "dtype": dtype})
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise TypeError(f"random_sample: dtype must be float32 or float64, got {dtype}")
         return _dev(self._g.random(size, dtype=np.dtype(dtype)))
 
     def randint(self, low, high=None, size=None, dtype="l"):
+        _log("cupy.random.RandomState.randint", (low, high),
+             {"size": size, "dtype": dtype})
         return _dev(self._g.integers(low, high, size=size, dtype=np.dtype(dtype)))
 
 
-random = types.SimpleNamespace(RandomState=_RandomState)
+class _Namespace:
+    """A CuPy submodule whose attribute reads are logged as ``path.name``."""
+
+    def __init__(self, path, **attrs):
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_attrs", attrs)
+
+    def __getattr__(self, name):
+        try:
+            value = self._attrs[name]
+        except KeyError:
+            raise AttributeError(f"fake {self._path} has no attribute {name!r}") from None
+        _log(f"{self._path}.{name}")
+        return value
 
 
 class _Device:
-    def __init__(self, index=0):
-        self.id = int(index)
+    """cupy.cuda.Device(device=None): None means the calling thread's current device."""
+
+    def __init__(self, device=None):
+        _log("cupy.cuda.Device", (device,), {})
+        self.id = _current_device() if device is None else int(device)
+        if not 0 <= self.id < DEVICE_COUNT:
+            raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {self.id}")
         self.attributes = {"MultiProcessorCount": 2}  # small grid cap: exercises grid-striding
+        self.compute_capability = "90"
+        self._saved = []
 
     def use(self):
-        pass
+        _log("cupy.cuda.Device.use", (), {})
+        _THREAD.device = self.id
+
+    def __enter__(self):
+        _log("cupy.cuda.Device.__enter__", (), {})
+        self._saved.append(_current_device())
+        _THREAD.device = self.id
+        return self
+
+    def __exit__(self, *exc):
+        _THREAD.device = self._saved.pop()
 
     def synchronize(self):
-        pass
+        _log("cupy.cuda.Device.synchronize", (), {})
 
 
-cuda = types.SimpleNamespace(
-    Device=_Device,
-    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, memGetInfo=lambda: (1 << 30, 2 << 30)))
+def _get_device_count():
+    _log("cupy.cuda.runtime.getDeviceCount", (), {})
+    return DEVICE_COUNT
+
+
+def _mem_get_info():
+    _log("cupy.cuda.runtime.memGetInfo", (), {})
+    return (1 << 30, 2 << 30)
+
+
+random = _Namespace("cupy.random", RandomState=_RandomState)
+cuda = _Namespace(
+    "cupy.cuda", Device=_Device, MemoryPool=_Pool,
+    runtime=_Namespace("cupy.cuda.runtime", getDeviceCount=_get_device_count,
+                       memGetInfo=_mem_get_info))
 
 _SCALARS = {"long long": np.int64, "int": np.int32, "unsigned": np.uint32, "float": np.float32,
             "double": np.float64}
@@ -274,12 +392,34 @@ def _base_type(ctype):
     return " ".join(t for t in words if t not in ("const", "__restrict__"))
 
 
+def _check_dims(what, dims):
+    if type(dims) is not tuple or not 1 <= len(dims) <= 3 or \
+            not all(isinstance(d, (int, np.integer)) and d > 0 for d in dims):
+        raise TypeError(f"{what} must be a tuple of 1-3 positive ints (CuPy's 'tuple "
+                        f"{what}'), got {dims!r}")
+
+
 class _Kernel:
-    def __init__(self, name, sim_kernel):
-        self.name, self._k = name, sim_kernel
+    """cupy.RawKernel as returned by RawModule.get_function."""
+
+    def __init__(self, name, sim_kernel, device):
+        self.name, self._k, self._device = name, sim_kernel, device
         self.calls = 0
 
-    def __call__(self, grid, block, args, shared_mem=0):
+    def __call__(self, grid, block, args, *, shared_mem=0, stream=None,
+                 enable_cooperative_groups=False):
+        _log("cupy.RawKernel.__call__", (grid, block, args),
+             {"shared_mem": shared_mem} if shared_mem else {})
+        _check_dims("grid", grid)
+        _check_dims("block", block)
+        if type(args) is not tuple:
+            raise TypeError(f"{self.name}: kernel args must be a tuple, got {type(args).__name__}")
+        if int(np.prod(block)) > 1024:
+            raise ValueError(f"{self.name}: {int(np.prod(block))} threads per block (max 1024)")
+        here = _current_device()
+        if self._device != here:
+            raise RuntimeError(f"{self.name}: module compiled on device {self._device} launched "
+                               f"while device {here} is current (cudaErrorInvalidResourceHandle)")
         params = self._k.params
         if len(args) != len(params):
             raise TypeError(f"{self.name}: {len(args)} args for {len(params)} parameters")
@@ -293,38 +433,83 @@ class _Kernel:
                 if a.dtype != _POINTEES[base] or not a.flags.c_contiguous:
                     raise TypeError(f"{self.name}({pname}): needs contiguous {base}, got "
                                     f"{a.dtype} contiguous={a.flags.c_contiguous}")
+                if a._device_id != here:
+                    raise RuntimeError(f"{self.name}({pname}): array on device {a._device_id} "
+                                       f"passed to a launch on device {here} (illegal address)")
                 conv.append(a.view(np.ndarray))
             else:
                 if type(a) is not _SCALARS[base]:
                     raise TypeError(f"{self.name}({pname}): C type {base} needs "
                                     f"numpy.{_SCALARS[base].__name__}, got {type(a).__name__}")
                 conv.append(a.item())
-        (g,), (b,) = tuple(grid), tuple(block)
+        (g, *_), (b, *_) = grid, block
         self.calls += 1
         self._k(g, b, *conv)
 
 
 class RawModule:
-    # the exact keyword set of cupy 13's RawModule, so a wrong keyword fails here too
+    """cupy.RawModule(code=None, *, path=None, options=(), backend='nvrtc',
+    translate_cucomplex=False, enable_cooperative_groups=False, name_expressions=None,
+    jitify=False): the exact keywords and Cython types of CuPy 13/14's."""
+
     def __init__(self, code=None, *, path=None, options=(), backend="nvrtc",
                  translate_cucomplex=False, enable_cooperative_groups=False,
                  name_expressions=None, jitify=False):
-        if code is None:
+        _log("cupy.RawModule", (code,) if code is not None else (),
+             {k: v for k, v in dict(path=path, options=options, backend=backend,
+                                    name_expressions=name_expressions).items()
+              if v is not None and not (k == "backend" and v == "nvrtc")})
+        if not isinstance(code, str):
+            raise TypeError(f"fake RawModule needs code= as str, got {type(code).__name__}")
+        if path is not None:
             raise TypeError("fake RawModule supports code= only")
-        if not all(isinstance(o, str) for o in options):
-            raise TypeError(f"options must be a tuple of str, got {options!r}")
-        self.code, self.options = code, tuple(options)
+        if type(options) is not tuple or not all(isinstance(o, str) for o in options):
+            raise TypeError(f"RawModule options must be a tuple of str (Cython 'tuple "
+                            f"options'), got {options!r}")
+        if backend not in ("nvrtc", "nvcc"):
+            raise ValueError(f"backend must be 'nvrtc' or 'nvcc', got {backend!r}")
+        if name_expressions is not None and (
+                isinstance(name_expressions, str)
+                or not all(isinstance(n, str) for n in name_expressions)):
+            raise TypeError("name_expressions must be a sequence of str")
+        self.code, self.options = code, options
+        self.name_expressions = None if name_expressions is None else list(name_expressions)
         self._kernels = None
+        self._device = None
         self._tag = "mod-" + hashlib.sha256(code.encode()).hexdigest()[:12]
 
     def compile(self, log_stream=None):
+        _log("cupy.RawModule.compile", (), {} if log_stream is None else
+             {"log_stream": log_stream})
         if self._kernels is None:
             BUILD_DIR.mkdir(parents=True, exist_ok=True)
             src = BUILD_DIR / f"{self._tag}.cu"
             if not src.exists():
                 src.write_text(self.code)
             self._kernels = simbuild.build(src, BUILD_DIR)
+            self._device = _current_device()
 
     def get_function(self, name):
+        _log("cupy.RawModule.get_function", (name,), {})
+        if not isinstance(name, str):
+            raise TypeError(f"get_function(str name), got {type(name).__name__}")
         self.compile()
-        return _Kernel(name, self._kernels[name])
+        # a template kernel is only reachable through a name expression given at construction
+        if "<" in name and name not in (self.name_expressions or ()):
+            raise RuntimeError(f"get_function({name!r}): not among the name_expressions "
+                               f"{self.name_expressions} (CUDA_ERROR_NOT_FOUND)")
+        if name not in self._kernels:
+            raise RuntimeError(f"get_function({name!r}): no such kernel (CUDA_ERROR_NOT_FOUND)")
+        return _Kernel(name, self._kernels[name], self._device)
+
+
+class _LoggedModule(types.ModuleType):
+    """Every ``cupy.<name>`` read from outside is logged (see API_LOG)."""
+
+    def __getattribute__(self, name):
+        if not name.startswith("__"):
+            _log(f"cupy.{name}")
+        return super().__getattribute__(name)
+
+
+sys.modules[__name__].__class__ = _LoggedModule
