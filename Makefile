@@ -33,7 +33,8 @@ $(VENV)/.nnx-core:
 	$(VPY) -m pip install -q -e ".[progress,plot,digits,threads]"
 	touch $@
 
-$(VENV)/.nnx-test: $(VENV)/.nnx-core
+# the test extra brings CuPy and the NVRTC wheels (no GPU needed); reinstall when it changes
+$(VENV)/.nnx-test: $(VENV)/.nnx-core pyproject.toml
 	$(VPY) -m pip install -q -e ".[test]"
 ifneq ($(TORCH_WHEEL),)
 	$(VPY) -m pip install -q "torch==2.13.0" || echo "PyTorch oracle not installed; its tests will skip"
