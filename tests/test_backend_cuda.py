@@ -236,3 +236,61 @@ def test_optimizer_updates_non_contiguous_param(gpu, cpu, rng):
     cpu.sgd_update(p, g, None, 0.5)
     gpu.sgd_update(dp, gpu.asarray(g), None, 0.5)
     check(gpu, dbase.T, p, np.float64)
+
+
+# ------------------------------------------------------------------ what backward passes accept
+def test_backward_passes_validate_saved(gpu, rng):
+    """A mismatched ``saved`` would make the kernel read out of bounds: it must be refused."""
+    f32 = lambda *s: gpu.asarray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
+    geo = ((2, 2), (2, 2), (0, 0))
+    y, arg = gpu.maxpool2d_forward(f32(2, 3, 6, 6), *geo)
+    gy = f32(*y.shape)
+    for bad in (arg[:, :, :2], arg.astype(np.int64), gpu.to_numpy(arg), None,
+                gpu.maxpool2d_forward(f32(2, 3, 4, 4), *geo)[1]):
+        with pytest.raises(ValueError, match="saved"):
+            gpu.maxpool2d_backward(gy, bad, (2, 3, 6, 6), *geo)
+    h, c, saved = gpu.lstm_cell_forward(f32(3, 8), f32(3, 2))
+    act, c_prev, c_ = saved
+    small = gpu.lstm_cell_forward(f32(1, 8), f32(1, 2))[2]
+    for bad in (saved[:2], (c_, c_prev, act), (act, c_prev, small[2]), (act, small[1], c_),
+                (act.astype(np.float64), c_prev, c_), (gpu.to_numpy(act), c_prev, c_)):
+        with pytest.raises((ValueError, TypeError, BackendMismatchError)):
+            gpu.lstm_cell_backward(f32(3, 2), None, bad)
+    h, saved = gpu.gru_cell_forward(f32(3, 6), f32(3, 6), f32(3, 2))
+    packed, h_prev = saved
+    for bad in ((packed,), (h_prev, packed), (packed[:, :6], h_prev), (packed, h_prev[:1])):
+        with pytest.raises((ValueError, TypeError)):
+            gpu.gru_cell_backward(f32(3, 2), bad)
+    gpu.gru_cell_backward(f32(3, 2), list(saved))  # a list is fine (a checkpointed tuple)
+
+
+# ------------------------------------------------------------------ devices and threads
+def test_every_entry_point_runs_on_the_backends_device(tmp_path, rng):
+    """NNX_DEVICE=1 and calls from another thread (whose current device is 0): the simulated
+    CuPy fails any launch whose arrays or module belong to another device, as a GPU would."""
+    from concurrent.futures import ThreadPoolExecutor
+    if sim_backend.available():
+        pytest.skip(sim_backend.available())
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    with sim_backend.simulated_backend(tmp_path, device=1, device_count=2) as be:
+        dx = be.asarray(x)  # allocated on device 1 by the main thread
+        w = be.asarray(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+
+        def work():
+            y, arg = be.maxpool2d_forward(be.relu(dx), (2, 2), (2, 2), (0, 0))
+            gx = be.maxpool2d_backward(y, arg, x.shape, (2, 2), (2, 2), (0, 0))
+            out = be.conv2d_forward(dx, w, None, (1, 1), (1, 1), (1, 1))
+            p, g = be.random((5,)), be.random((5,))
+            be.sgd_update(p, g, None, 0.1)
+            return [be.to_numpy(a) for a in (gx, out[0] if isinstance(out, tuple) else out, p)]
+
+        with ThreadPoolExecutor(1) as pool:
+            got = pool.submit(work).result()
+        want = work()  # the main thread (its current device is 1 since the constructor)
+        for a, b in zip(got[:2], want[:2]):
+            np.testing.assert_array_equal(a, b)  # same kernels, same order: identical
+        # the unwrapped method, called from the worker, hits device 0: the model catches it
+        raw = type(be).relu.__wrapped__
+        with ThreadPoolExecutor(1) as pool:
+            with pytest.raises(RuntimeError, match="device"):
+                pool.submit(raw, be, dx).result()

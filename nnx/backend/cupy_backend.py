@@ -8,10 +8,15 @@ kernels index flat memory).  Kernel scalars are passed as NumPy scalars of the e
 
 Construction fails with :class:`BackendUnavailableError` (one line, no chained traceback)
 when CuPy is missing or no CUDA device/driver is present.  The device is the constructor's
-``device`` argument, else ``$NNX_DEVICE`` (``1`` or ``cuda:1``), else device 0.
+``device`` argument, else ``$NNX_DEVICE`` (``1`` or ``cuda:1``), else device 0.  CUDA's current
+device is per thread, so every public method runs inside ``with self.device:``: called from a
+data-loader or pool thread, kernel compilation, the grid cap and allocations still happen on
+the backend's device.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 
 import numpy as np
@@ -61,6 +66,26 @@ def _parse_device(device) -> int:
     return int(device)
 
 
+def _on_device(method):
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.device:
+            return method(self, *args, **kwargs)
+    return run
+
+
+def _every_entry_on_device(cls):
+    """Wrap every public method (own and inherited from Backend) in ``with self.device:``."""
+    for name, fn in inspect.getmembers(cls, inspect.isfunction):
+        if not name.startswith("_") and name not in _HOST_ONLY:
+            setattr(cls, name, _on_device(fn))
+    return cls
+
+
+_HOST_ONLY = {"manual_seed", "rng_state", "set_rng_state", "is_native"}  # touch no device
+
+
+@_every_entry_on_device
 class CupyBackend(Backend):
     """CuPy arrays on one CUDA device, with nnx's fused kernels."""
 
@@ -106,6 +131,19 @@ class CupyBackend(Backend):
             raise ValueError(f"{what}: shape {tuple(x.shape)} does not match expected "
                              f"{tuple(shape)}")
         return x
+
+    def _saved(self, saved, count, what, layout):
+        """The ``saved`` tuple of a forward pass, each entry a contiguous CuPy array."""
+        if not isinstance(saved, (tuple, list)) or len(saved) != count:
+            raise ValueError(f"{what}: saved must be the {layout} tuple returned by the "
+                             f"forward pass, got {_describe(saved)}")
+        return tuple(self._native(a, f"{what} saved") for a in saved)
+
+    @staticmethod
+    def _matrix(x, what):
+        if x.ndim != 2:
+            raise ValueError(f"{what}: expected a 2-D (N, H) array, got shape {tuple(x.shape)}")
+        return x.shape
 
     @staticmethod
     def _launch(stem, name, dtype, n, args):
@@ -293,7 +331,13 @@ class CupyBackend(Backend):
         kdt = self._kernel_dtype(gy, "maxpool2d_backward")
         xshape, yshape, geo = self._pool_geo(x_shape, kernel, stride, padding)
         _check_pooled_grad(gy, yshape, "maxpool2d_backward")
-        arg = self.xp.ascontiguousarray(saved, dtype=self.xp.int32)
+        # the kernel reads saved[o] for every output o: anything else reads out of bounds
+        if not self.is_native(saved) or saved.dtype != np.int32 \
+                or tuple(saved.shape) != tuple(yshape):
+            raise ValueError(
+                f"maxpool2d_backward: saved must be the int32 CuPy arg-max of shape "
+                f"{tuple(yshape)} returned by maxpool2d_forward, got {_describe(saved)}")
+        arg = self.xp.ascontiguousarray(saved)
         gx = self.xp.empty(xshape, dtype=gy.dtype)
         self._launch("pooling", "maxpool2d_backward", kdt, gx.size,
                      (_i64(gx.size), *geo, gy, arg, gx))
@@ -337,9 +381,11 @@ class CupyBackend(Backend):
 
     def lstm_cell_backward(self, dh, dc, saved):
         """``dh`` or ``dc`` may be None (zero)."""
-        act, c_prev, c = saved
+        act, c_prev, c = self._saved(saved, 3, "lstm_cell_backward", "(act, c_prev, c)")
         kdt = self._kernel_dtype(c, "lstm_cell_backward")
-        n, hid = c.shape
+        n, hid = self._matrix(c, "lstm_cell_backward saved c")
+        self._same(c, act, "lstm_cell_backward saved act", (n, 4 * hid))
+        self._same(c, c_prev, "lstm_cell_backward saved c_prev", (n, hid))
         dh_ = c if dh is None else self._same(c, dh, "lstm_cell_backward dh", (n, hid))
         dc_ = c if dc is None else self._same(c, dc, "lstm_cell_backward dc", (n, hid))
         dgates = self.xp.empty_like(act)
@@ -365,9 +411,10 @@ class CupyBackend(Backend):
         return h, (packed, h_prev)
 
     def gru_cell_backward(self, dh, saved):
-        packed, h_prev = saved
+        packed, h_prev = self._saved(saved, 2, "gru_cell_backward", "(packed, h_prev)")
         kdt = self._kernel_dtype(h_prev, "gru_cell_backward")
-        n, hid = h_prev.shape
+        n, hid = self._matrix(h_prev, "gru_cell_backward saved h_prev")
+        self._same(h_prev, packed, "gru_cell_backward saved packed", (n, 4 * hid))
         dh = self._same(h_prev, dh, "gru_cell_backward dh", (n, hid))
         dgi = self.xp.empty((n, 3 * hid), dtype=h_prev.dtype)
         dgh = self.xp.empty_like(dgi)
@@ -432,3 +479,11 @@ class CupyBackend(Backend):
 def _check_pooled_grad(gy, yshape, what):
     if tuple(gy.shape) != tuple(yshape):
         raise ValueError(f"{what}: gy shape {tuple(gy.shape)} does not match {tuple(yshape)}")
+
+
+def _describe(x):
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"{type(x).__name__} {x.dtype} of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {len(x)}"
+    return type(x).__name__
