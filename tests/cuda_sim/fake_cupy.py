@@ -191,8 +191,9 @@ def asarray(x, dtype=None, order=None):
 def ascontiguousarray(a, dtype=None):
     _log("cupy.ascontiguousarray", (a,), _given(dtype=dtype))
     _reject_host("ascontiguousarray", (a,))
-    out = np.ascontiguousarray(a, dtype=dtype)
-    return out if isinstance(out, ndarray) else _dev(out)
+    if a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
+        return a  # CuPy returns the array itself
+    return _on_device_of(_dev(np.ascontiguousarray(a, dtype=dtype)), a)
 
 
 def empty(shape, dtype=float, order="C"):
@@ -208,7 +209,7 @@ def empty_like(a, dtype=None, order="K", subok=None, shape=None):
 def broadcast_to(a, shape):
     _log("cupy.broadcast_to", (a, shape), {})
     _reject_host("broadcast_to", (a,))
-    return _dev(np.broadcast_to(a, shape))
+    return _on_device_of(_dev(np.broadcast_to(a, shape)), a)
 
 
 def asnumpy(a, stream=None, order="C", out=None):
@@ -244,7 +245,27 @@ def _call_device(fn, args, kwargs):
     result = fn(*_unwrap(args), **_unwrap(kwargs))
     if out is not None:
         return out
-    return _wrap(result)
+    return _on_device_of(_wrap(result), _first_device_array((args, kwargs)))
+
+
+def _first_device_array(obj, depth=0):
+    if isinstance(obj, ndarray):
+        return obj
+    if depth < 3 and isinstance(obj, (list, tuple, dict)):
+        for o in (obj.values() if isinstance(obj, dict) else obj):
+            found = _first_device_array(o, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _on_device_of(result, source):
+    """Results of an operation live where its (first) device input lives."""
+    if source is not None:
+        for r in (result if isinstance(result, (tuple, list)) else (result,)):
+            if isinstance(r, ndarray):
+                r._device_id = source._device_id
+    return result
 
 
 def _device_function(fn, name):
@@ -507,9 +528,11 @@ class _LoggedModule(types.ModuleType):
     """Every ``cupy.<name>`` read from outside is logged (see API_LOG)."""
 
     def __getattribute__(self, name):
-        if not name.startswith("__"):
+        if not name.startswith("_") and name not in _CONTROL:
             _log(f"cupy.{name}")
         return super().__getattribute__(name)
 
 
+# the fake's own knobs and logs, read by tests and not part of CuPy's API
+_CONTROL = {"API_LOG", "NDARRAY_ATTRS", "NUMPY_CALLS", "BUILD_DIR", "DEVICE_COUNT"}
 sys.modules[__name__].__class__ = _LoggedModule
