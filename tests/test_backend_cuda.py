@@ -46,6 +46,10 @@ def cpu():
 
 
 def tol(dtype, loose=False):
+    """GPU-vs-NumPy tolerances.  They cover what a GPU does differently (modelled by the
+    simulator): FMA contraction (one rounding instead of two per multiply-add: ~1 ulp per
+    operation, far below rtol for these few-operation kernels) and -ftz=true (float32
+    denormals become 0: below atol).  Sums over rows (softmax, pooling) use ``loose``."""
     if dtype == np.float32:
         return dict(rtol=1e-4, atol=1e-5) if loose else dict(rtol=2e-5, atol=2e-6)
     return dict(rtol=1e-10, atol=1e-12)

@@ -79,7 +79,10 @@ def host(be, a, what):
 
 
 def assert_close(got, want, what, rtol=1e-4, atol=1e-5):
-    """float32 tolerances; ``atol`` scaled by the reference's magnitude (sums of many terms)."""
+    """float32 tolerances; ``atol`` scaled by the reference's magnitude (sums of many terms).
+    They also cover the GPU's float32 arithmetic (modelled by the simulator): FMA contraction
+    changes each multiply-add by <= 1 ulp (6e-8 relative) and -ftz=true flushes denormals
+    (< 1.2e-38, far below atol)."""
     got, want = np.asarray(got), np.asarray(want)
     assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} vs {want.dtype}"
