@@ -397,11 +397,29 @@ def _mem_get_info():
     return (1 << 30, 2 << 30)
 
 
+def _get_device_properties(device):
+    _log("cupy.cuda.runtime.getDeviceProperties", (device,), {})
+    return {"name": b"simulated GPU (tests/cuda_sim/fake_cupy.py)", "major": 9, "minor": 0,
+            "multiProcessorCount": 2, "totalGlobalMem": 2 << 30}
+
+
+def _version(what):
+    def get():
+        _log(f"cupy.cuda.runtime.{what}", (), {})
+        return 0  # "no real CUDA": reports show 0
+    return get
+
+
+__version__ = "fake (tests/cuda_sim)"
+
+
 random = _Namespace("cupy.random", RandomState=_RandomState)
 cuda = _Namespace(
     "cupy.cuda", Device=_Device, MemoryPool=_Pool,
     runtime=_Namespace("cupy.cuda.runtime", getDeviceCount=_get_device_count,
-                       memGetInfo=_mem_get_info))
+                       memGetInfo=_mem_get_info, getDeviceProperties=_get_device_properties,
+                       runtimeGetVersion=_version("runtimeGetVersion"),
+                       driverGetVersion=_version("driverGetVersion")))
 
 _SCALARS = {"long long": np.int64, "int": np.int32, "unsigned": np.uint32, "float": np.float32,
             "double": np.float64}
