@@ -34,9 +34,7 @@ def gpu(request, tmp_path_factory):
         except Exception as exc:  # same logic as conftest's backend fixture
             pytest.skip(f"cuda backend unavailable: {str(exc).splitlines()[0]}")
         return
-    if sim_backend.available():
-        pytest.skip(sim_backend.available())
-    with sim_backend.simulated_backend(tmp_path_factory.mktemp("fake_cupy_build")) as be:
+    with sim_backend.module_backend(tmp_path_factory, "fake_cupy_build") as be:
         yield be
 
 

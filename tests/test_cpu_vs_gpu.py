@@ -44,21 +44,9 @@ def gpu(request, tmp_path_factory):
         except Exception as exc:  # same logic as conftest's backend fixture
             pytest.skip(f"cuda backend unavailable: {str(exc).splitlines()[0]}")
         return
-    if sim_backend.available():
-        pytest.skip(sim_backend.available())
-    saved_inst = B._INSTANCES.get("cuda")
-    previous = B.get().name
-    try:
-        with sim_backend.simulated_backend(
-                tmp_path_factory.getbasetemp() / "fake_cupy_build_models") as be:
-            B._INSTANCES["cuda"] = be
-            yield be
-    finally:
-        B.use(previous)
-        if saved_inst is None:
-            B._INSTANCES.pop("cuda", None)
-        else:
-            B._INSTANCES["cuda"] = saved_inst
+    with sim_backend.module_backend(tmp_path_factory, "fake_cupy_build_models") as be, \
+            sim_backend.registered_as_cuda(be):
+        yield be
 
 
 @contextlib.contextmanager

@@ -55,9 +55,7 @@ def _workload(tmp_path):
     from nnx.optim import SGD, Adam
     rng = np.random.default_rng(5)
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-    with sim_backend.simulated_backend(tmp_path) as be:
-        saved = B._INSTANCES.get("cuda")
-        previous = B.get().name
+    with sim_backend.simulated_backend(tmp_path) as be, sim_backend.registered_as_cuda(be):
         be.manual_seed(1)
         be.random((3,)), be.randint(0, 5, (4,)), be.synchronize(), be.memory_info()
         x = be.asarray(f32(2, 3, 6, 6))
@@ -75,24 +73,15 @@ def _workload(tmp_path):
         be.lstm_cell_backward(h, None, s)
         h, s = be.gru_cell_forward(*(be.asarray(f32(2, 6)) for _ in range(2)), h)
         be.gru_cell_backward(h, s)
-        try:  # a model step and the trainer's finiteness check, with 'cuda' active
-            B._INSTANCES["cuda"] = be
-            B.use("cuda")
-            nnx.manual_seed(0)
-            model = nnx.models.get("simple_cnn", in_channels=1, num_classes=3, image_size=8)
-            crit = nn.CrossEntropyLoss()
-            for opt in (SGD(model.parameters(), lr=0.1, momentum=0.9), Adam(model.parameters())):
-                crit(model(be.asarray(f32(2, 1, 8, 8))), be.asarray(rng.integers(0, 3, 2)))
-                model.backward(crit.backward())
-                opt.step()
-            assert train._all_finite(model)  # the trainer's own use of xp
-            model.to("cpu")
-        finally:
-            B.use(previous)
-            if saved is None:
-                B._INSTANCES.pop("cuda", None)
-            else:
-                B._INSTANCES["cuda"] = saved
+        B.use("cuda")  # a model step and the trainer's finiteness check, 'cuda' active
+        nnx.manual_seed(0)
+        model = nnx.models.get("simple_cnn", in_channels=1, num_classes=3, image_size=8)
+        crit = nn.CrossEntropyLoss()
+        for opt in (SGD(model.parameters(), lr=0.1, momentum=0.9), Adam(model.parameters())):
+            crit(model(be.asarray(f32(2, 1, 8, 8))), be.asarray(rng.integers(0, 3, 2)))
+            model.backward(crit.backward())
+            opt.step()
+        assert train._all_finite(model)  # the trainer's own use of xp
 
 
 def _resolve(cupy, path):

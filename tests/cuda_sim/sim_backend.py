@@ -51,3 +51,30 @@ def simulated_backend(build_dir=None, device=None, device_count=None):
     with simulated_cupy(build_dir, device_count):
         from nnx.backend.cupy_backend import CupyBackend
         yield CupyBackend(device)
+
+
+@contextlib.contextmanager
+def module_backend(tmp_path_factory, name):
+    """For module-scoped pytest fixtures: the simulated backend (skips without g++)."""
+    import pytest
+    if available():
+        pytest.skip(available())
+    with simulated_backend(tmp_path_factory.mktemp(name)) as be:
+        yield be
+
+
+@contextlib.contextmanager
+def registered_as_cuda(be):
+    """Make ``be`` what ``nnx.backend.use("cuda")`` returns; restore the registry and the
+    active backend afterwards."""
+    import nnx.backend as B
+    saved, previous = B._INSTANCES.get("cuda"), B.get().name
+    B._INSTANCES["cuda"] = be
+    try:
+        yield be
+    finally:
+        B.use(previous)
+        if saved is None:
+            B._INSTANCES.pop("cuda", None)
+        else:
+            B._INSTANCES["cuda"] = saved
