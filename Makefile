@@ -25,6 +25,13 @@ PATHS_CI = \
 	"--nnx-threads 3 --nnx-cpu-kernels 0" \
 	"--nnx-threads 1 --nnx-cpu-kernels 1 --nnx-cpu-arch x86-64"
 PATHS ?= $(PATHS_ALL)
+# CI's extra rows skip the files whose code does not depend on these settings (CUDA kernels
+# through nvcc/NVRTC/the simulator, CuPy conformance, the GPU check script, the wheel build,
+# the SIGKILL crash test): `make test` has just run them.
+PATHS_CI_SKIP = $(addprefix --ignore=tests/,test_gpu_check.py test_kernels_sim.py \
+	test_kernels_edges_sim.py test_kernels_nvrtc.py test_kernels_nvcc.py \
+	test_cupy_conformance.py test_backend_cuda.py test_wheel_kernels.py test_crash_safety.py \
+	test_suite_setup.py)
 
 .PHONY: train test test-paths test-paths-ci venv clean
 
@@ -52,11 +59,11 @@ test: $(VENV)/.nnx-test
 # Each setting is a full run of the suite; -rfE: list failures and errors, not the GPU skips.
 test-paths: $(VENV)/.nnx-test
 	@for opts in $(PATHS); do \
-		echo "== pytest $$opts"; $(VPY) -m pytest -q -rfE $$opts || exit 1; \
+		echo "== pytest $$opts"; $(VPY) -m pytest -q -rfE $(PYTEST_EXTRA) $$opts || exit 1; \
 	done
 
 test-paths-ci:
-	$(MAKE) test-paths PATHS='$(PATHS_CI)'
+	$(MAKE) test-paths PATHS='$(PATHS_CI)' PYTEST_EXTRA='$(PATHS_CI_SKIP)'
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
