@@ -179,7 +179,7 @@ class Ctx:
 
             def nnx_bwd():
                 conv.zero_grad()
-                return conv.backward(gy)
+                return conv.backward(gy, retain_graph=True)   # one forward, many backwards
             self.run("conv2d backward", size, nnx_bwd, tb)
 
     def bench_pool(self):
@@ -199,7 +199,8 @@ class Ctx:
                     tg, tx, [2, 2], [2, 2], [0, 0], [1, 1], False, tidx)
             self.run("maxpool2d forward", size, lambda: pool(x), tf)
             pool(x)
-            self.run("maxpool2d backward", size, lambda: pool.backward(gy), tb)
+            self.run("maxpool2d backward", size,
+                     lambda: pool.backward(gy, retain_graph=True), tb)
 
     def bench_tanh(self):
         for size in self.elem_sizes:

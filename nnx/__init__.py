@@ -8,6 +8,7 @@ from . import backend
 from .dtypes import get_default_dtype, set_default_dtype
 from .random import manual_seed
 from . import init, nn
+from .nn.tape import enable_grad, inference_mode, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck
 from .summary import Summary, summary
 from . import optim, metrics
@@ -16,3 +17,4 @@ from .checkpoint import CheckpointError, load, save
 __all__ = ["backend", "nn", "init", "manual_seed", "gradcheck", "GradcheckError",
            "get_default_dtype", "set_default_dtype", "__version__"]
 __all__ += ["optim", "metrics", "save", "load", "CheckpointError"]
+__all__ += ["no_grad", "enable_grad", "inference_mode", "is_grad_enabled"]

@@ -15,15 +15,19 @@ from . import backend as B
 
 
 def predict(model, x, batch_size: int = 256, transform=None) -> np.ndarray:
-    """Arg-max class of every image of host array ``x``, in eval mode (host ``int64``)."""
+    """Arg-max class of every image of host array ``x``, in eval mode and under
+    :class:`nnx.no_grad` (nothing is kept for a backward), as host ``int64``."""
     from .data.loader import DataLoader
+    from .nn.tape import no_grad
     be = B.get()
     was_training = model.training
     model.eval()
     try:
         out = []
-        for xb, _ in DataLoader((x, np.zeros(len(x), np.int64)), batch_size, transform=transform):
-            out.append(be.to_numpy(model(xb).argmax(axis=1)))
+        loader = DataLoader((x, np.zeros(len(x), np.int64)), batch_size, transform=transform)
+        with no_grad():
+            for xb, _ in loader:
+                out.append(be.to_numpy(model(xb).argmax(axis=1)))
     finally:
         model.train(was_training)
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend as B
+from .nn.tape import no_grad
 
 _ELEMENTWISE = {"ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Arctan", "Identity", "Dropout",
                 "BatchNorm1d", "BatchNorm2d", "Softmax"}
@@ -165,8 +166,8 @@ def _shape_after(m, shape):
 
 def summary(model, input_shape, dtype=None):
     """Summarise ``model`` for inputs of ``input_shape`` (``(C, H, W)`` or with a batch
-    axis ``(N, C, H, W)``; batch 1 when omitted).  Runs one forward pass in eval mode on a
-    random normal input (no zeros, so ReLU masks are typical) and restores the training
+    axis ``(N, C, H, W)``; batch 1 when omitted).  Runs one forward pass in eval mode
+    under ``no_grad`` on a random normal input (no zeros, so ReLU masks are typical) and restores the training
     flags; BatchNorm running statistics are untouched.  Returns a :class:`Summary`."""
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) in (1, 3):
@@ -184,7 +185,8 @@ def summary(model, input_shape, dtype=None):
     shape = input_shape
     try:
         for name, unit in _units(model):
-            y = unit(x)
+            with no_grad():
+                y = unit(x)
             out_shape = tuple(int(s) for s in y.shape)
             rf = _rf_through(unit, rf, shape)
             rows.append(Row(name, type(unit).__name__, out_shape,

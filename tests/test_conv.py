@@ -134,7 +134,7 @@ def test_conv2d_noncontiguous_input_and_repeated_backward(backend, rng):
     np.testing.assert_array_equal(y1, y2)   # same column matrix (a copy), same product: exact
     gy = backend.asarray(np.ones(y1.shape, np.float32))
     conv.zero_grad()
-    conv.backward(gy)
+    conv.backward(gy, retain_graph=True)  # keep the call for a second backward
     g1 = backend.to_numpy(conv.weight.grad).copy()
     conv.backward(gy)                        # gradients accumulate
     np.testing.assert_allclose(backend.to_numpy(conv.weight.grad), 2 * g1, rtol=1e-6)

@@ -126,7 +126,7 @@ def ref_conv(x, w, b, dy, stride, padding, dilation, groups=1):
 def _run_conv(conv, x, dy):
     conv.zero_grad()
     y = conv(x)
-    tag = conv._ctx[0][0]
+    tag = conv.ctx.saved[0]
     dx = conv.backward(dy)
     db = None if conv.bias is None else conv.bias.grad.copy()
     return tag, y, dx, conv.weight.grad.copy(), db
@@ -282,7 +282,7 @@ def test_mode_switch_between_forward_and_backward_conv(rng, monkeypatch):
     dy = rng.standard_normal((2, 4, 6, 6))
     monkeypatch.setenv("NNX_CPU_KERNELS", "1")
     conv(x)
-    assert conv._ctx[0][0] == "direct"
+    assert conv.ctx.saved[0] == "direct"
     monkeypatch.setenv("NNX_CPU_KERNELS", "0")
     dx = conv.backward(dy)
     ref = ref_conv(x, conv.weight.data, conv.bias.data, dy, (1, 1), (1, 1), (1, 1))
@@ -302,7 +302,7 @@ def test_mode_switch_between_forward_and_backward_maxpool(rng, monkeypatch):
     monkeypatch.setenv("NNX_CPU_KERNELS", "1")
     pool = MaxPool2d(2)
     pool(x)
-    assert isinstance(pool._saved, cpu_direct.PoolIndices)
+    assert isinstance(pool.ctx.saved, cpu_direct.PoolIndices)
     monkeypatch.setenv("NNX_CPU_KERNELS", "0")
     np.testing.assert_array_equal(pool.backward(gy), expected)
 
@@ -332,7 +332,8 @@ def test_c_maxpool_matches_numpy_path(rng, monkeypatch, spy, case, dtype, ties):
         pool = MaxPool2d(k, s, p)
         y = pool(x)
         gy = np.arange(1, y.size + 1, dtype=dtype).reshape(y.shape)   # distinct, non-zero
-        results.append((y, pool.backward(gy), pool._saved))
+        saved = pool.ctx.saved            # the call's state, before backward frees it
+        results.append((y, pool.backward(gy), saved))
     (y0, dx0, saved0), (y1, dx1, saved1) = results
     assert not isinstance(saved0, cpu_direct.PoolIndices)
     assert isinstance(saved1, cpu_direct.PoolIndices)
@@ -372,7 +373,8 @@ def test_conv2d_gradcheck_c_path(rng, monkeypatch, spy, case):
     conv = Conv2d(c, o, k, padding=p, dilation=d, bias=bias).double()
     x = rng.standard_normal((n, c, h, w))
     errs = nnx.gradcheck(conv, (x,), atol=1e-7, rtol=1e-5)
-    assert conv._ctx[0][0] == "direct" and spy["conv_bwd"] >= 1
+    conv(x)                                   # a fresh call whose saved state we inspect
+    assert conv.ctx.saved[0] == "direct" and spy["conv_bwd"] >= 1
     assert set(errs) == {"input[0]", "weight"} | ({"bias"} if bias else set())
 
 
@@ -385,7 +387,8 @@ def test_maxpool_gradcheck_c_path(rng, monkeypatch, spy, case):
     x = rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1 + rng.uniform(0, .01, shape)
     pool = MaxPool2d(k, s, p)
     nnx.gradcheck(pool, (x,), eps=1e-4)
-    assert isinstance(pool._saved, cpu_direct.PoolIndices) and spy["pool_bwd"] >= 1
+    pool(x)                                   # a fresh call whose saved state we inspect
+    assert isinstance(pool.ctx.saved, cpu_direct.PoolIndices) and spy["pool_bwd"] >= 1
 
 
 # ------------------------------------------------------------------------- 3. PyTorch oracle
@@ -440,14 +443,15 @@ def test_c_maxpool_matches_torch_float64(rng, monkeypatch, k, s, p, ties):
     x = (rng.integers(0, 3, size=shape) if ties else rng.standard_normal(shape)).astype(np.float64)
     pool = MaxPool2d(k, s, p)
     y = pool(x)
-    assert isinstance(pool._saved, cpu_direct.PoolIndices)
+    saved = pool.ctx.saved
+    assert isinstance(saved, cpu_direct.PoolIndices)
     gy = rng.standard_normal(y.shape)
-    dx = pool.backward(gy)
+    dx = pool.backward(gy, retain_graph=True)      # a second backward below (|gy|)
     tx = torch.tensor(x, requires_grad=True)
     ty, tidx = torch.nn.functional.max_pool2d(tx, k, s, p, return_indices=True)
     ty.backward(torch.from_numpy(gy))
     np.testing.assert_array_equal(y, ty.detach().numpy())           # a selection: exact
-    np.testing.assert_array_equal(pool._saved.idx, tidx.numpy())
+    np.testing.assert_array_equal(saved.idx, tidx.numpy())
     # dx sums the gradients of the overlapping windows that chose each input; torch may add
     # them in another order, so compare within the reordering bound of those sums (same
     # routing, so the magnitudes are the backward of |gy|)
@@ -505,8 +509,8 @@ def test_thread_chunking_is_deterministic(rng, monkeypatch, dtype):
         y = pool(conv(x))
         if gy is None:
             gy = rng.standard_normal(y.shape).astype(dtype)
+        assert conv.ctx.saved[0] == "direct"
         dx = conv.backward(pool.backward(gy))
-        assert conv._ctx[0][0] == "direct"
         # conv fwd, pool fwd, pool bwd, conv dW, conv dx: each split into `threads` chunks
         assert chunks == [int(threads)] * 5, chunks
         results[threads] = (y, dx, conv.weight.grad.copy(), conv.bias.grad.copy())
@@ -592,9 +596,9 @@ def test_broken_compiler_auto_mode_warns_once_and_falls_back(fresh_native, monke
         x = rng.standard_normal((2, 3, 6, 6))
         y = pool(conv(x))
         gy = rng.standard_normal(y.shape)
+        assert conv.ctx.saved[0] == "im2col"
+        assert not isinstance(pool.ctx.saved, cpu_direct.PoolIndices)
         dx = conv.backward(pool.backward(gy))
-        assert conv._ctx[0][0] == "im2col"
-        assert not isinstance(pool._saved, cpu_direct.PoolIndices)
         assert spy == {"conv_fwd": 0, "conv_bwd": 0, "pool_fwd": 0, "pool_bwd": 0}
         desc = native.describe()
     runtime = [w for w in caught if issubclass(w.category, RuntimeWarning)]
@@ -675,14 +679,14 @@ def test_errors_on_c_path(rng, monkeypatch):
     with pytest.raises(RuntimeError, match="before forward"):
         Conv2d(3, 4, 3).backward(np.ones((1, 4, 3, 3), np.float32))
     y = conv(rng.standard_normal((2, 3, 5, 5)).astype(np.float32))
-    assert conv._ctx[0][0] == "direct"
+    assert conv.ctx.saved[0] == "direct"
     with pytest.raises(ValueError, match="dy has shape"):
         conv.backward(np.ones((2, 4, 5, 4), np.float32))
     with pytest.raises(TypeError):
         conv(rng.standard_normal((1, 3, 5, 5)))           # float64 into a float32 layer
     pool = MaxPool2d(2)
     y = pool(rng.standard_normal((2, 3, 6, 6)))
-    assert isinstance(pool._saved, cpu_direct.PoolIndices)
+    assert isinstance(pool.ctx.saved, cpu_direct.PoolIndices)
     with pytest.raises(ValueError, match=r"gy has shape \(2, 3, 3, 2\), expected \(2, 3, 3, 3\)"):
         pool.backward(np.ones((2, 3, 3, 2)))
     with pytest.raises(ValueError, match="gy has shape"):

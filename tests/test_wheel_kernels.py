@@ -87,7 +87,7 @@ def test_installed_package_builds_its_c_kernels(wheel, tmp_path):
             "print(native.source_dir())\n"
             "c = nnx.nn.Conv2d(2, 3, 3, padding=1)\n"
             "y = c(np.ones((1, 2, 5, 5), np.float32))\n"
-            "print(c._ctx[0][0], y.shape)\n")
+            "print(c.ctx.saved[0], y.shape)\n")
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "NNX_CPU_KERNELS": "1",
            "NNX_CACHE_DIR": str(tmp_path / "cache")}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,

@@ -14,6 +14,8 @@ from .linear import Linear
 from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from .module import Module
 from .parameter import Parameter
+from .tape import Context, enable_grad, inference_mode, is_grad_enabled, no_grad
+from . import functional
 
 __all__ = ["Module", "Parameter", "Sequential", "Identity", "Linear", "ReLU", "LeakyReLU",
            "Sigmoid", "Tanh", "Arctan", "Softmax", "MSELoss", "L1Loss", "BCELoss",
@@ -21,4 +23,5 @@ __all__ = ["Module", "Parameter", "Sequential", "Identity", "Linear", "ReLU", "L
            "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d",
            "BatchNorm2d", "Dropout", "Flatten", "Residual", "Add"]
 __all__ += ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "detach_state",
-            "SequenceMSELoss", "SequenceCrossEntropyLoss"]
+            "SequenceMSELoss", "SequenceCrossEntropyLoss", "functional", "Context",
+            "no_grad", "enable_grad", "inference_mode", "is_grad_enabled"]

@@ -1,21 +1,17 @@
-"""Element-wise activations and softmax.  Each keeps only what its derivative needs."""
+"""Element-wise activations and softmax.  Each call saves only what its derivative needs
+(in ``self.ctx``, the call's own context)."""
 from __future__ import annotations
 
 import warnings
 
 from .. import backend as B
-from .functional import as_array, check_float
+from .inputs import as_array, check_float
 from .module import Module
 
 
 class _Activation(Module):
     def _input(self, x):
         return check_float(as_array(x), type(self).__name__)
-
-    def _saved(self, value):
-        if value is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return value
 
 
 class ReLU(Module):
@@ -28,20 +24,18 @@ class ReLU(Module):
     def __init__(self, inplace: bool = False):
         super().__init__()
         self.inplace = bool(inplace)
-        self._y = None
 
     def forward(self, x):
         x = check_float(as_array(x), "ReLU")
         if self.inplace and getattr(x.flags, "writeable", True):
-            self._y = B.get().xp.maximum(x, 0, out=x)
+            y = B.get().xp.maximum(x, 0, out=x)
         else:
-            self._y = B.get().relu(x)
-        return self._y
+            y = B.get().relu(x)
+        self.ctx.y = y
+        return y
 
     def backward(self, dy):
-        if self._y is None:
-            raise RuntimeError("ReLU.backward called before forward")
-        return B.get().relu_backward(self._y, dy)
+        return B.get().relu_backward(self.ctx.y, dy)
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
@@ -53,15 +47,14 @@ class LeakyReLU(_Activation):
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
         self.negative_slope = float(negative_slope)
-        self._x = None
 
     def forward(self, x):
-        self._x = x = self._input(x)
+        self.ctx.x = x = self._input(x)
         xp = B.get().xp
         return xp.where(x > 0, x, x * self.negative_slope)
 
     def backward(self, dy):
-        x = self._saved(self._x)
+        x = self.ctx.x
         xp = B.get().xp
         return xp.where(x > 0, dy, dy * self.negative_slope)
 
@@ -72,17 +65,12 @@ class LeakyReLU(_Activation):
 class Sigmoid(_Activation):
     """``y = 1 / (1 + e^{-x})``;  ``dL/dx = dL/dy ⊙ y(1 - y)``."""
 
-    def __init__(self):
-        super().__init__()
-        self._y = None
-
     def forward(self, x):
-        x = self._input(x)
-        self._y = sigmoid(x)
-        return self._y
+        y = self.ctx.y = sigmoid(self._input(x))
+        return y
 
     def backward(self, dy):
-        y = self._saved(self._y)
+        y = self.ctx.y
         return dy * y * (1 - y)
 
 
@@ -90,32 +78,23 @@ class Tanh(_Activation):
     """``y = tanh(x)``;  ``dL/dx = dL/dy ⊙ (1 - y²)`` via the backend's fused
     ``tanh_backward`` (one pass on the GPU)."""
 
-    def __init__(self):
-        super().__init__()
-        self._y = None
-
     def forward(self, x):
-        x = self._input(x)
-        self._y = B.get().xp.tanh(x)
-        return self._y
+        y = self.ctx.y = B.get().xp.tanh(self._input(x))
+        return y
 
     def backward(self, dy):
-        return B.get().tanh_backward(self._saved(self._y), dy)
+        return B.get().tanh_backward(self.ctx.y, dy)
 
 
 class Arctan(_Activation):
     """``y = arctan(x)``;  ``dL/dx = dL/dy / (1 + x²)``."""
 
-    def __init__(self):
-        super().__init__()
-        self._x = None
-
     def forward(self, x):
-        self._x = x = self._input(x)
+        self.ctx.x = x = self._input(x)
         return B.get().xp.arctan(x)
 
     def backward(self, dy):
-        x = self._saved(self._x)
+        x = self.ctx.x
         return dy / (1 + x * x)
 
 
@@ -130,18 +109,16 @@ class Softmax(_Activation):
     def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = dim
-        self._y = None
-        self._dim = dim    # the axis the last forward used
 
     def forward(self, x):
         x = self._input(x)
-        self._dim = self.dim if self.dim is not None else _implicit_softmax_dim(x.ndim)
-        self._y = softmax(x, self._dim)
-        return self._y
+        dim = self.ctx.dim = self.dim if self.dim is not None else _implicit_softmax_dim(x.ndim)
+        y = self.ctx.y = softmax(x, dim)
+        return y
 
     def backward(self, dy):
-        y = self._saved(self._y)
-        return y * (dy - (dy * y).sum(axis=self._dim, keepdims=True))
+        y = self.ctx.y
+        return y * (dy - (dy * y).sum(axis=self.ctx.dim, keepdims=True))
 
     def extra_repr(self):
         return f"dim={self.dim}"

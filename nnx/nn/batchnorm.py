@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import backend as B
 from .. import dtypes, init
-from .functional import as_array, as_input, check_float
+from .inputs import as_array, as_input, check_float
 from .module import Module
 from .parameter import Parameter
 
@@ -55,7 +55,6 @@ class _BatchNorm(Module):
             self.register_buffer("num_batches_tracked", xp.zeros((), dtype=np.int64))
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
-        self._ctx = None
 
     def reset_running_stats(self):
         if self.track_running_stats:
@@ -105,7 +104,7 @@ class _BatchNorm(Module):
             y = xhat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
         else:
             y = xhat
-        self._ctx = (xhat, inv_std, use_batch, axes, bshape, m)
+        self.ctx.saved = (xhat, inv_std, use_batch, axes, bshape, m)
         return y
 
     def _update_running(self, mean, var, m):
@@ -124,9 +123,7 @@ class _BatchNorm(Module):
         rv += dt(mom * m / (m - 1)) * var
 
     def backward(self, dy):
-        if self._ctx is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        xhat, inv_std, use_batch, axes, bshape, m = self._ctx
+        xhat, inv_std, use_batch, axes, bshape, m = self.ctx.saved
         if self.affine:
             self.bias.accumulate(dy.sum(axis=axes))
             self.weight.accumulate((dy * xhat).sum(axis=axes))

@@ -1,4 +1,5 @@
-"""Containers whose backward composes their children's backward automatically."""
+"""``Sequential`` and ``Identity``.  Sequential is an ordinary composite: its backward is the
+tape's (``Module.backward``), including ``backward(dy, input_grad=False)``."""
 from __future__ import annotations
 
 from .activation import ReLU
@@ -7,8 +8,9 @@ from .pooling import MaxPool2d
 
 
 class Sequential(Module):
-    """``y = f_K(... f_1(f_0(x)))``; backward applies the children's backward in reverse,
-    so ``dL/dx = J_0ᵀ J_1ᵀ ... J_Kᵀ dL/dy`` (the seeds' recursive chain rule).
+    """``y = f_K(... f_1(f_0(x)))``; backward (recorded by the tape) applies the children's
+    backward in reverse, so ``dL/dx = J_0ᵀ J_1ᵀ ... J_Kᵀ dL/dy`` (the seeds' recursive chain
+    rule).  ``backward(dy, input_grad=False)`` skips ``dL/dx`` (see :meth:`Module.backward`).
 
     One exact reordering: a ``ReLU`` directly followed by a ``MaxPool2d`` runs *after* it.
     ReLU is monotone, so ``maxpool(relu(x)) = relu(maxpool(x))`` bit for bit, and the
@@ -49,37 +51,9 @@ class Sequential(Module):
         return mods
 
     def forward(self, x):
-        self._order = self._execution_order()
-        for m in self._order:
+        for m in self._execution_order():
             x = m(x)
         return x
-
-    def backward(self, dy, input_grad: bool = True):
-        """Apply the children's backward in reverse and return ``dL/dx``.
-
-        ``input_grad=False`` says the caller does not need ``dL/dx`` (the input is data, not
-        a parameter's function): the first children without parameters are skipped, the
-        first child that has parameters only accumulates them (:meth:`Module.backward_params`,
-        which e.g. spares a first ``Conv2d`` its ``col2im``), and ``None`` is returned.
-        Parameter gradients are identical either way.
-        """
-        mods = getattr(self, "_order", None) or list(self._modules.values())
-        if input_grad:
-            for m in reversed(mods):
-                dy = m.backward(dy)
-            return dy
-        # index of the first child that owns parameters: nothing before it needs a gradient
-        first = next((i for i, m in enumerate(mods) if any(True for _ in m.parameters())),
-                     len(mods))
-        for m in reversed(mods[first + 1:]):
-            dy = m.backward(dy)
-        if first < len(mods):
-            mods[first].backward_params(dy)
-        return None
-
-    def backward_params(self, dy) -> None:
-        self.backward(dy, input_grad=False)
-        return None
 
 
 class Identity(Module):

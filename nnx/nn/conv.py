@@ -6,7 +6,7 @@ import math
 from .. import backend as B
 from .. import dtypes, init
 from ..backend.base import out_size
-from .functional import as_input, pair as _pair
+from .inputs import as_input, pair as _pair
 from .module import Module
 from .parameter import Parameter
 
@@ -71,7 +71,6 @@ class Conv2d(Module):
             init.uniform_(self.bias, -bound, bound)
         else:
             self.bias = None
-        self._ctx = None
 
     def output_shape(self, input_shape):
         """``(N, O, OH, OW)`` for an input of shape ``(N, C, H, W)``."""
@@ -101,7 +100,7 @@ class Conv2d(Module):
         bias = None if self.bias is None else self.bias.data
         y, saved = B.get().conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
                                           self.dilation, self.groups)
-        self._ctx = (saved, tuple(x.shape))
+        self.ctx.saved, self.ctx.x_shape = saved, tuple(x.shape)
         return y
 
     def backward(self, dy):
@@ -113,13 +112,11 @@ class Conv2d(Module):
         return None
 
     def _backward(self, dy, need_dx):
-        if self._ctx is None:
-            raise RuntimeError("Conv2d.backward called before forward")
-        saved, x_shape = self._ctx
+        saved, x_shape = self.ctx.saved, self.ctx.x_shape
         expected = self.output_shape(x_shape)
         if tuple(dy.shape) != tuple(expected):
             raise ValueError(f"Conv2d.backward: dy has shape {tuple(dy.shape)}, expected "
-                             f"{tuple(expected)} (the output of the last forward)")
+                             f"{tuple(expected)} (the output of its forward)")
         dx, dw, db = B.get().conv2d_backward(dy, saved, self.weight.data, self.bias is not None,
                                              need_dx, self.stride, self.padding, self.dilation,
                                              self.groups)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import backend as B
-from .functional import as_array, check_float
+from .inputs import as_array, check_float
 from .module import Module
 
 
@@ -16,23 +16,24 @@ class Dropout(Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability must be in [0, 1], got {p}")
         self.p = float(p)
-        self._scale = None   # None: identity on the last forward
 
     def forward(self, x):
         x = check_float(as_array(x), "Dropout")
         if not self.training or self.p == 0.0:
-            self._scale = None
+            self.ctx.scale = None     # identity
             return x
         be = B.get()
         if self.p == 1.0:
-            self._scale = be.xp.zeros_like(x)
+            scale = be.xp.zeros_like(x)
         else:
             keep = be.random(x.shape, dtype=x.dtype) >= x.dtype.type(self.p)
-            self._scale = keep * x.dtype.type(1.0 / (1.0 - self.p))   # mask/(1-p), x's dtype
-        return x * self._scale
+            scale = keep * x.dtype.type(1.0 / (1.0 - self.p))   # mask/(1-p), x's dtype
+        self.ctx.scale = scale        # each call draws (and keeps) its own mask
+        return x * scale
 
     def backward(self, dy):
-        return dy if self._scale is None else dy * self._scale
+        scale = self.ctx.scale
+        return dy if scale is None else dy * scale
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -1,7 +1,7 @@
 """Reshape a range of axes into one."""
 from __future__ import annotations
 
-from .functional import as_array
+from .inputs import as_array
 from .module import Module
 
 
@@ -12,7 +12,6 @@ class Flatten(Module):
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
         self.start_dim, self.end_dim = int(start_dim), int(end_dim)
-        self._shape = None
 
     def output_shape(self, input_shape):
         nd = len(input_shape)
@@ -28,16 +27,13 @@ class Flatten(Module):
 
     def forward(self, x):
         x = as_array(x)
+        self.ctx.shape = x.shape
         if x.ndim == 0:
-            self._shape = x.shape
             return x.reshape(1)
-        self._shape = x.shape
         return x.reshape(self.output_shape(x.shape))
 
     def backward(self, dy):
-        if self._shape is None:
-            raise RuntimeError("Flatten.backward called before forward")
-        return dy.reshape(self._shape)
+        return dy.reshape(self.ctx.shape)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

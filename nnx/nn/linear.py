@@ -5,7 +5,7 @@ import math
 
 from .. import backend as B
 from .. import dtypes, init
-from .functional import as_input
+from .inputs import as_input
 from .module import Module
 from .parameter import Parameter
 
@@ -35,7 +35,6 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
         else:
             self.bias = None
-        self._x = None
 
     def forward(self, x):
         x = as_input(x, self.weight.data.dtype, "Linear")
@@ -44,7 +43,7 @@ class Linear(Module):
             raise ValueError(f"Linear({self.in_features}, {self.out_features}) expects "
                              f"{self.in_features} input features in the last axis, got {got} "
                              f"(input shape {tuple(x.shape)})")
-        self._x = x
+        self.ctx.x = x
         y = x @ self.weight.data.T
         if self.bias is not None:
             y += self.bias.data
@@ -52,7 +51,7 @@ class Linear(Module):
 
     def backward(self, dy):
         d2 = self._param_grads(dy)
-        return (d2 @ self.weight.data).reshape(self._x.shape)
+        return (d2 @ self.weight.data).reshape(self.ctx.x.shape)
 
     def backward_params(self, dy):
         """Accumulate ``dL/dW`` and ``dL/db`` only (skips ``dL/dx = δ W``)."""
@@ -60,9 +59,7 @@ class Linear(Module):
         return None
 
     def _param_grads(self, dy):
-        if self._x is None:
-            raise RuntimeError("Linear.backward called before forward")
-        x2 = self._x.reshape(-1, self.in_features)
+        x2 = self.ctx.x.reshape(-1, self.in_features)
         d2 = dy.reshape(-1, self.out_features)
         self.weight.accumulate(d2.T @ x2)
         if self.bias is not None:

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import backend as B
 from .activation import sigmoid
-from .functional import as_array, check_float
+from .inputs import as_array, check_float
 from .module import Module
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -21,7 +21,6 @@ class _Loss(Module):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
-        self._ctx = None
 
     def _pair(self, pred, target):
         name = type(self).__name__
@@ -44,9 +43,7 @@ class _Loss(Module):
         return grad / n if self.reduction == "mean" else grad
 
     def _saved(self):
-        if self._ctx is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return self._ctx
+        return self.ctx.saved
 
 
 class MSELoss(_Loss):
@@ -55,7 +52,7 @@ class MSELoss(_Loss):
     def forward(self, pred, target):
         pred, target = self._pair(pred, target)
         diff = pred - target
-        self._ctx = diff
+        self.ctx.saved = diff
         return self._reduce(diff * diff)
 
     def backward(self, grad=1.0):
@@ -69,7 +66,7 @@ class L1Loss(_Loss):
     def forward(self, pred, target):
         pred, target = self._pair(pred, target)
         diff = pred - target
-        self._ctx = diff
+        self.ctx.saved = diff
         return self._reduce(B.get().xp.abs(diff))
 
     def backward(self, grad=1.0):
@@ -95,7 +92,7 @@ class BCELoss(_Loss):
         with np.errstate(divide="ignore"):
             logp = xp.maximum(xp.log(pred), -100)
             log1mp = xp.maximum(xp.log1p(-pred), -100)
-        self._ctx = (pred, target)
+        self.ctx.saved = (pred, target)
         return self._reduce(-(target * logp + (1 - target) * log1mp))
 
     def backward(self, grad=1.0):
@@ -114,7 +111,7 @@ class BCEWithLogitsLoss(_Loss):
     def forward(self, pred, target):
         pred, target = self._pair(pred, target)
         xp = B.get().xp
-        self._ctx = (pred, target)
+        self.ctx.saved = (pred, target)
         per = xp.maximum(pred, 0) - pred * target + xp.log1p(xp.exp(-xp.abs(pred)))
         return self._reduce(per)
 
@@ -173,7 +170,7 @@ class CrossEntropyLoss(_Loss):
         per = be.softmax_cross_entropy_forward(logits, safe, self.label_smoothing)
         per = per * valid
         count = int(valid.sum())
-        self._ctx = (logits, safe, valid, count, orig_shape)
+        self.ctx.saved = (logits, safe, valid, count, orig_shape)
         if self.reduction == "mean":
             return _zero_d(per.sum() / max(count, 1))
         if self.reduction == "sum":

@@ -1,24 +1,78 @@
-"""The base class of every layer: parameters, buffers, children, state_dict and modes.
+"""The base class of every layer: calls and their saved state, backward, parameters,
+buffers, children, state_dict and modes.
 
-Each layer implements ``forward(x)`` (keeping what backward needs) and ``backward(dy)``,
-which returns ``dL/dx`` and *accumulates* ``dL/dθ`` into each parameter's ``grad``.
+Two kinds of modules (the mechanics are in :mod:`nnx.nn.tape`):
+
+* A **layer with a hand-written backward** implements ``forward(x)``, saving what its
+  backward needs into ``self.ctx`` (a fresh :class:`~nnx.nn.tape.Context` per call), and
+  ``backward(dy)``, which reads ``self.ctx``, returns ``dL/dx`` and *accumulates*
+  ``dL/dθ`` into each parameter's ``grad``.
+* A **composite** implements ``forward`` only, out of module calls and the functions of
+  :mod:`nnx.nn.functional`; its calls are recorded on a tape and the inherited
+  :meth:`Module.backward` runs the recorded calls' backward in reverse.  Plain array
+  arithmetic is not recorded: a gradient does not flow back through it (use
+  ``F.add``, ``F.cat``, ``F.reshape`` ... on values that need one).
+
+A call made at top level (not inside a composite's forward) keeps its record on the
+module until ``backward`` uses it: a second backward over the same call raises unless the
+first was given ``retain_graph=True``, and a backward with nothing recorded raises.  Calls
+under :class:`~nnx.nn.tape.no_grad` record nothing.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import numpy as np
 
 from .. import backend as B
 from .parameter import Parameter
+from .tape import Context, Tape, _state
+
+_FREED = Context()   # marks a record whose saved state a backward has used and freed
+
+
+def _uses_record(impl):
+    """Wrap a hand-written ``backward``/``backward_params`` so that a call from outside
+    checks and then frees the module's record (``retain_graph=True`` keeps it).  A call
+    made while the same record is already in a backward (``super().backward``, or
+    ``backward_params`` calling ``backward``) passes straight through."""
+
+    @functools.wraps(impl)
+    def entry(self, *grads, retain_graph=False, **kwargs):
+        ctx = self._record_for_backward(impl.__name__)
+        if ctx.__dict__.get("_in_backward"):
+            return impl(self, *grads, **kwargs)
+        ctx._in_backward = True
+        try:
+            result = impl(self, *grads, **kwargs)
+        finally:
+            del ctx._in_backward
+        if not retain_graph:            # (after an error the record stays for a retry)
+            object.__setattr__(self, "ctx", _FREED)
+        return result
+    entry.__wrapped_backward__ = True
+    return entry
 
 
 class Module:
+    #: True for subclasses that write their own ``backward`` (set by __init_subclass__)
+    _hand_written = False
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "ctx", None)   # the current call's Context (or record)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("backward", "backward_params"):
+            impl = cls.__dict__.get(name)
+            if impl is not None and not getattr(impl, "__wrapped_backward__", False):
+                setattr(cls, name, _uses_record(impl))
+        cls._hand_written = cls.backward is not Module.backward
 
     # ------------------------------------------------------------------ registration
     def __setattr__(self, name, value):
@@ -46,9 +100,39 @@ class Module:
 
     # ------------------------------------------------------------------ calling
     def __call__(self, *args, **kwargs):
+        """Run ``forward`` with a fresh context as ``self.ctx``.
+
+        Inside a composite's forward the call becomes a node of its tape; at top level the
+        context stays on the module as its record for ``backward``; under ``no_grad`` it
+        is dropped.  A composite records its own tape meanwhile; a hand-written layer's
+        inner calls are top level (its own backward is in charge of them)."""
         if self._parameters:
             self._check_backend()
-        return self.forward(*args, **kwargs)
+        st = _state
+        d = self.__dict__
+        prev = d["ctx"]
+        ctx = d["ctx"] = Context()
+        if not st.grad_enabled:
+            try:
+                return self.forward(*args, **kwargs)
+            finally:
+                d["ctx"] = prev
+        outer = st.tape
+        tape = st.tape = None if self._hand_written else Tape(args)
+        try:
+            out = self.forward(*args, **kwargs)
+        except BaseException:
+            d["ctx"] = prev
+            raise
+        finally:
+            st.tape = outer
+        if tape is not None:
+            tape.finish(out)
+            ctx.tape = tape
+        if outer is not None:
+            outer.record(self, ctx, args, out)
+            d["ctx"] = prev
+        return out
 
     def _check_backend(self):
         """Parameters must live on the active backend (a model built under ``cpu`` and run
@@ -64,22 +148,59 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, *grads):
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+    def _record_for_backward(self, what="backward"):
+        ctx = self.__dict__["ctx"]
+        name = f"{type(self).__name__}.{what}"
+        if ctx is None:
+            raise RuntimeError(f"{name} called before forward: no call of the module is "
+                               "recorded (calls under nnx.no_grad() record nothing)")
+        if ctx is _FREED:
+            raise RuntimeError(f"{name}: the recorded call's saved state was freed by a "
+                               "previous backward; call the module again, or pass "
+                               "retain_graph=True to the first backward")
+        return ctx
 
-    def backward_params(self, dy) -> None:
+    def backward(self, *grads, input_grad: bool = True, retain_graph: bool = False):
+        """Backward of a composite through the calls its last ``forward`` recorded.
+
+        ``grads`` mirror the forward's result (one per output; ``None`` or omitted for an
+        output without gradient).  Returns the gradient of the positional argument (a
+        tuple, one per argument, when ``forward`` took several; ``None`` where no gradient
+        reached it) and accumulates every parameter's gradient.
+
+        ``input_grad=False`` says the caller does not need ``dL/dx`` (the input is data,
+        e.g. images): calls that depend on the input only through parameter-free calls
+        are skipped, the first calls that own parameters only accumulate them
+        (``backward_params``, which e.g. spares a first ``Conv2d`` its col2im), and
+        ``None`` is returned.  Parameter gradients are identical either way.
+        ``retain_graph=True`` keeps the record for another backward.
+        """
+        if self._hand_written:   # only reached through super() from a subclass
+            raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+        tape = self._record_for_backward().tape
+        if not retain_graph:
+            object.__setattr__(self, "ctx", _FREED)
+        return tape.backward(grads, input_grad, retain_graph)
+
+    def backward_params(self, *grads, retain_graph: bool = False) -> None:
         """Accumulate this module's parameter gradients for upstream gradient ``dy`` without
         returning ``dL/dx`` (PyTorch skips that work when the input does not require grad,
         e.g. the images fed to a network's first layer).
 
-        Containers call this on their first layer for ``backward(dy, input_grad=False)``.
-        The default runs :meth:`backward` and drops the result (correct for any module);
-        a module without parameters anywhere below it does nothing; layers whose input
-        gradient is expensive (``Conv2d``, ``Linear``) override it to skip that work.
+        Composites call this on their first layers for ``backward(dy, input_grad=False)``.
+        A composite runs its backward with ``input_grad=False``; for a layer the default
+        runs :meth:`backward` and drops the result (correct for any module); a module
+        without parameters anywhere below it does nothing; layers whose input gradient is
+        expensive (``Conv2d``, ``Linear``) override it to skip that work.
         """
-        if not any(True for _ in self.parameters()):
-            return None
-        self.backward(dy)
+        if not self._hand_written:
+            self.backward(*grads, input_grad=False, retain_graph=retain_graph)
+        elif next(self.parameters(), None) is None:
+            self._record_for_backward("backward_params")
+            if not retain_graph:
+                object.__setattr__(self, "ctx", _FREED)
+        else:
+            self.backward(*grads, retain_graph=retain_graph)
         return None
 
     # ------------------------------------------------------------------ traversal

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import backend as B
-from .functional import as_array, check_float, pair as _pair
+from .inputs import as_array, check_float, pair as _pair
 from .module import Module
 
 
@@ -20,7 +20,6 @@ class _Pool2d(Module):
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{name}: padding {self.padding} should be at most half of "
                              f"kernel_size {self.kernel_size}")
-        self._x_shape = None
 
     def output_shape(self, input_shape):
         *lead, h, w = input_shape
@@ -38,13 +37,8 @@ class _Pool2d(Module):
             raise ValueError(f"{name}: kernel {self.kernel_size} is larger than the padded "
                              f"input {x.shape[2] + 2 * self.padding[0]}x"
                              f"{x.shape[3] + 2 * self.padding[1]}")
-        self._x_shape = x.shape
+        self.ctx.x_shape = x.shape
         return x
-
-    def _shape(self):
-        if self._x_shape is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return self._x_shape
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -56,20 +50,15 @@ class MaxPool2d(_Pool2d):
     ``dL/dx`` routes each ``dL/dy`` to its window's first arg-max (summed where windows
     overlap).  ``stride`` defaults to ``kernel_size``; padding ≤ kernel_size/2."""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__(kernel_size, stride, padding)
-        self._saved = None
-
     def forward(self, x):
         x = self._input(x)
-        y, self._saved = B.get().maxpool2d_forward(x, self.kernel_size, self.stride,
-                                                   self.padding)
+        y, self.ctx.saved = B.get().maxpool2d_forward(x, self.kernel_size, self.stride,
+                                                      self.padding)
         return y
 
     def backward(self, dy):
-        shape = self._shape()
-        return B.get().maxpool2d_backward(dy, self._saved, shape, self.kernel_size,
-                                          self.stride, self.padding)
+        return B.get().maxpool2d_backward(dy, self.ctx.saved, self.ctx.x_shape,
+                                          self.kernel_size, self.stride, self.padding)
 
 
 class AvgPool2d(_Pool2d):
@@ -90,8 +79,7 @@ class AvgPool2d(_Pool2d):
                                          self.count_include_pad)
 
     def backward(self, dy):
-        shape = self._shape()
-        return B.get().avgpool2d_backward(dy, shape, self.kernel_size, self.stride,
+        return B.get().avgpool2d_backward(dy, self.ctx.x_shape, self.kernel_size, self.stride,
                                           self.padding, self.count_include_pad)
 
     def extra_repr(self):
@@ -109,8 +97,6 @@ class AdaptiveAvgPool2d(Module):
         if output_size is None or isinstance(output_size, int):
             output_size = (output_size, output_size)
         self.output_size = tuple(output_size)
-        self._x_shape = None
-        self._pool = None
 
     def _target(self, h, w):
         oh = h if self.output_size[0] is None else int(self.output_size[0])
@@ -128,24 +114,23 @@ class AdaptiveAvgPool2d(Module):
                              f"{tuple(x.shape)}")
         h, w = x.shape[2:]
         oh, ow = self._target(h, w)
-        self._x_shape = x.shape
+        self.ctx.x_shape = x.shape
         if (oh, ow) == (1, 1):
-            self._pool = None
+            self.ctx.window = None
             return x.mean(axis=(2, 3), keepdims=True, dtype=x.dtype)
         if h % oh or w % ow:
             raise NotImplementedError(
                 f"AdaptiveAvgPool2d: output size {(oh, ow)} must divide the input size "
                 f"{(h, w)} (non-uniform windows are not implemented); use output_size=1 for "
                 "global average pooling")
-        self._pool = AvgPool2d((h // oh, w // ow))
-        return self._pool(x)
+        k = self.ctx.window = (h // oh, w // ow)
+        return B.get().avgpool2d_forward(x, k, k, (0, 0), True)
 
     def backward(self, dy):
-        if self._x_shape is None:
-            raise RuntimeError("AdaptiveAvgPool2d.backward called before forward")
-        if self._pool is not None:
-            return self._pool.backward(dy)
-        n, c, h, w = self._x_shape
+        k, x_shape = self.ctx.window, self.ctx.x_shape
+        if k is not None:
+            return B.get().avgpool2d_backward(dy, x_shape, k, k, (0, 0), True)
+        n, c, h, w = x_shape
         xp = B.get().xp
         return xp.broadcast_to(dy / dy.dtype.type(h * w), (n, c, h, w)).copy()
 

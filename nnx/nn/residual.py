@@ -1,6 +1,7 @@
-"""Residual connections and parallel branches whose backward composes automatically."""
+"""Residual connections and parallel branches: composites whose backward is the tape's."""
 from __future__ import annotations
 
+from . import functional as F
 from .container import Identity
 from .module import Module
 
@@ -26,20 +27,13 @@ class Add(Module):
                 if y.shape != out.shape:
                     raise ValueError(f"{type(self).__name__}: branch outputs have different "
                                      f"shapes {tuple(out.shape)} and {tuple(y.shape)}")
-                out = out + y
+                out = F.add(out, y)
         return out
-
-    def backward(self, dy):
-        dx = None
-        for b in self._modules.values():
-            g = b.backward(dy)
-            dx = g if dx is None else dx + g
-        return dx
 
 
 class Residual(Add):
     """``y = body(x) + shortcut(x)`` (``shortcut`` is the identity by default);
-    ``dL/dx = body.backward(dL/dy) + shortcut.backward(dL/dy)``."""
+    ``dL/dx = body.backward(dL/dy) + shortcut.backward(dL/dy)`` (from the tape)."""
 
     def __init__(self, body, shortcut=None):
         Module.__init__(self)

@@ -37,7 +37,7 @@ import warnings
 
 from .. import backend as B
 from .. import dtypes
-from .functional import as_input
+from .inputs import as_input
 from .module import Module
 from .rnn_cells import check_mode, input_projection, make_params, step_backward, \
     step_forward
@@ -82,7 +82,6 @@ class _RNNBase(Module):
             for d in range(self.num_directions):
                 make_params(self, self._suffix(layer, d), in_size, self.hidden_size, mode,
                             self.bias, dt)
-        self._ctx = None
 
     @staticmethod
     def _suffix(layer, direction):
@@ -197,15 +196,15 @@ class _RNNBase(Module):
                     c_n[k] = c
                 ctxs.append((layer_in, hprev, saved))
             layer_in = out
-        self._ctx = {"ctxs": ctxs, "masks": masks, "shape": (T, N)}
+        self.ctx.layers, self.ctx.masks, self.ctx.shape = ctxs, masks, (T, N)
         return layer_in, h_n, c_n
 
     def _back(self, d_out, dh_n, dc_n):
         """BPTT on time-major arrays; returns (dx, dh0, dc0) time-major/(L*D, N, H)."""
         be = B.get()
         xp = be.xp
-        ctx = self._ctx
-        T, N = ctx["shape"]
+        ctx = self.ctx
+        T, N = ctx.shape
         H, D = self.hidden_size, self.num_directions
         is_lstm = self.mode == "LSTM"
         dt = self.weight_ih_l0.data.dtype
@@ -217,7 +216,7 @@ class _RNNBase(Module):
             for d in range(D):
                 k = layer * D + d
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, d)
-                layer_in, hprev, saved = ctx["ctxs"][k]
+                layer_in, hprev, saved = ctx.layers[k]
                 G = w_ih.data.shape[0]
                 dgi_all = xp.empty((T, N, G), dtype=dt)
                 dgh_all = xp.empty((T, N, G), dtype=dt) if self.mode == "GRU" else dgi_all
@@ -244,7 +243,7 @@ class _RNNBase(Module):
                     b_hh.accumulate(dgh2.sum(axis=0))
                 dx = (dgi2 @ w_ih.data).reshape(T, N, -1)
                 d_in = dx if d_in is None else d_in + dx
-            mask = ctx["masks"][layer]
+            mask = ctx.masks[layer]
             d_layer = d_in * mask if mask is not None else d_in
         return d_layer, dh0, dc0
 
@@ -273,23 +272,22 @@ class _HiddenOnly(_RNNBase):
         x, unbatched = self._prepare(x)
         h0s = self._states(h0, x.shape[1], unbatched, "h0")
         out, h_n, _ = self._run(x, h0s, None)
-        self._ctx.update(unbatched=unbatched, has_state=h0 is not None)
+        self.ctx.unbatched, self.ctx.has_state = unbatched, h0 is not None
         return self._to_layout(out, unbatched), (h_n[:, 0] if unbatched else h_n)
 
     def backward(self, d_output, d_hn=None):
         """Full BPTT through the latest forward.  ``d_output`` (output's shape) or ``d_hn``
         (``h_n``'s shape) may be ``None``.  Returns ``dx``, or ``(dx, dh0)`` when ``h0`` was
         passed to forward.  Parameter gradients accumulate."""
-        if self._ctx is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        unbatched = self._ctx["unbatched"]
+        ctx = self.ctx
+        unbatched = ctx.unbatched
         d_out = (None if d_output is None else
-                 self._from_layout(d_output, self._ctx["shape"], unbatched, "d_output"))
-        d_hn = None if d_hn is None else self._states(d_hn, self._ctx["shape"][1], unbatched,
+                 self._from_layout(d_output, ctx.shape, unbatched, "d_output"))
+        d_hn = None if d_hn is None else self._states(d_hn, ctx.shape[1], unbatched,
                                                       "d_hn")
         dx, dh0, _ = self._back(d_out, d_hn, None)
         dx = self._to_layout(dx, unbatched)
-        if not self._ctx["has_state"]:
+        if not ctx.has_state:
             return dx
         return dx, (dh0[:, 0] if unbatched else dh0)
 
@@ -373,18 +371,17 @@ class LSTM(_RNNBase):
         h0s = self._states(h0, n, unbatched, "h0")
         c0s = self._states(c0, n, unbatched, "c0")
         out, h_n, c_n = self._run(x, h0s, c0s)
-        self._ctx.update(unbatched=unbatched, has_state=hx is not None)
+        self.ctx.unbatched, self.ctx.has_state = unbatched, hx is not None
         if unbatched:
             h_n, c_n = h_n[:, 0], c_n[:, 0]
         return self._to_layout(out, unbatched), (h_n, c_n)
 
     def backward(self, d_output, d_state=None):
-        if self._ctx is None:
-            raise RuntimeError("LSTM.backward called before forward")
-        unbatched = self._ctx["unbatched"]
-        n = self._ctx["shape"][1]
+        ctx = self.ctx
+        unbatched = ctx.unbatched
+        n = ctx.shape[1]
         d_out = (None if d_output is None else
-                 self._from_layout(d_output, self._ctx["shape"], unbatched, "d_output"))
+                 self._from_layout(d_output, ctx.shape, unbatched, "d_output"))
         d_hn = d_cn = None
         if d_state is not None:
             if not isinstance(d_state, (tuple, list)) or len(d_state) != 2:
@@ -394,7 +391,7 @@ class LSTM(_RNNBase):
             d_cn = None if d_cn is None else self._states(d_cn, n, unbatched, "d_cn")
         dx, dh0, dc0 = self._back(d_out, d_hn, d_cn)
         dx = self._to_layout(dx, unbatched)
-        if not self._ctx["has_state"]:
+        if not ctx.has_state:
             return dx
         if unbatched:
             dh0, dc0 = dh0[:, 0], dc0[:, 0]

@@ -36,7 +36,7 @@ import math
 
 from .. import backend as B
 from .. import dtypes, init
-from .functional import as_input
+from .inputs import as_input
 from .module import Module
 from .parameter import Parameter
 
@@ -109,9 +109,10 @@ def check_mode(nonlinearity):
 
 
 class _CellBase(Module):
-    """One time step.  ``backward`` refers to the most recent ``forward`` (as every nnx
-    layer); to backpropagate through many steps use the sequence layers ``RNN``/``LSTM``/
-    ``GRU``, which keep every step."""
+    """One time step.  Each call saves its own step, so a cell called once per time step
+    inside a model's ``forward`` backpropagates through all of them (the model's tape
+    calls each step's backward in reverse); the sequence layers ``RNN``/``LSTM``/``GRU``
+    do the same loop with one input GEMM for all steps."""
 
     _mode = None
 
@@ -123,7 +124,6 @@ class _CellBase(Module):
         self.bias = bool(bias)
         make_params(self, "", self.input_size, self.hidden_size, self._mode, self.bias,
                     dtypes.resolve(dtype))
-        self._ctx = None
 
     def _b(self, name):
         return getattr(self, name).data if self.bias else None
@@ -136,10 +136,10 @@ class _CellBase(Module):
         if s is None:
             return xp.zeros((n, self.hidden_size), dtype=x.dtype)
         s = as_input(s, self.weight_ih.data.dtype, name)
-        want = (n, self.hidden_size) if not self._unbatched else (self.hidden_size,)
+        want = (n, self.hidden_size) if not self.ctx.unbatched else (self.hidden_size,)
         if tuple(s.shape) != want:
             raise ValueError(f"{name}: {what} must have shape {want} for input of shape "
-                             f"{tuple(self._x_shape)}, got {tuple(s.shape)}")
+                             f"{tuple(self.ctx.x_shape)}, got {tuple(s.shape)}")
         return xp.ascontiguousarray(s.reshape(n, self.hidden_size))
 
     def _input(self, x):
@@ -149,8 +149,8 @@ class _CellBase(Module):
             raise ValueError(f"{name}({self.input_size}, {self.hidden_size}) expects input "
                              f"(N, {self.input_size}) or ({self.input_size},), got shape "
                              f"{tuple(x.shape)}")
-        self._x_shape = x.shape
-        self._unbatched = x.ndim == 1
+        self.ctx.x_shape = x.shape
+        self.ctx.unbatched = x.ndim == 1
         return B.get().xp.ascontiguousarray(x.reshape(-1, self.input_size))
 
     def _step(self, x, h, c, has_state):
@@ -158,15 +158,14 @@ class _CellBase(Module):
         gi = input_projection(x, self.weight_ih.data, self._b("bias_ih"))
         h_new, c_new, saved = step_forward(self._mode, be, gi, h, c, self.weight_hh.data,
                                            self._b("bias_hh"))
-        self._ctx = (x, h, saved, has_state, self._unbatched)
+        self.ctx.x, self.ctx.h, self.ctx.saved, self.ctx.has_state = x, h, saved, has_state
         return h_new, c_new
 
     def _back(self, dh, dc):
-        if self._ctx is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         be = B.get()
         xp = be.xp
-        x, h, saved, has_state, unbatched = self._ctx
+        ctx = self.ctx
+        x, h, saved, has_state, unbatched = ctx.x, ctx.h, ctx.saved, ctx.has_state, ctx.unbatched
         shape = h.shape
         if dh is None:
             dh = xp.zeros(shape, dtype=h.dtype)
@@ -201,7 +200,7 @@ class _SingleStateCell(_CellBase):
         x2 = self._input(x)
         h2 = self._state(h, x2, "h")
         out, _ = self._step(x2, h2, None, h is not None)
-        return out[0] if self._unbatched else out
+        return out[0] if self.ctx.unbatched else out
 
     def backward(self, dh):
         dx, dh_prev, _, has_state = self._back(dh, None)
@@ -245,7 +244,7 @@ class LSTMCell(_CellBase):
             h, c = hx
         h2, c2 = self._state(h, x2, "h"), self._state(c, x2, "c")
         h_new, c_new = self._step(x2, h2, c2, hx is not None)
-        if self._unbatched:
+        if self.ctx.unbatched:
             return h_new[0], c_new[0]
         return h_new, c_new
 

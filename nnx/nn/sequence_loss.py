@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend as B
-from .functional import as_array, check_float
+from .inputs import as_array, check_float
 from .loss import _Loss, _grad, _zero_d
 
 
@@ -71,7 +71,7 @@ class SequenceMSELoss(_Loss):
             wb = w.T if self.batch_first else w
             wb = wb.reshape(wb.shape + (1,) * (pred.ndim - 2))
             count = float(w.sum()) * feat
-        self._ctx = (diff, wb, count)
+        self.ctx.saved = (diff, wb, count)
         per = diff * diff if wb is None else wb * diff * diff
         if self.reduction == "mean":
             return _zero_d(per.sum() / max(count, 1e-12) if wb is not None else per.mean())
@@ -139,7 +139,7 @@ class SequenceCrossEntropyLoss(_Loss):
         z = xp.ascontiguousarray(logits.reshape(-1, C))
         per = be.softmax_cross_entropy_forward(z, safe, self.label_smoothing) * w
         total = float(w.sum())
-        self._ctx = (z, safe, w, total, logits.shape)
+        self.ctx.saved = (z, safe, w, total, logits.shape)
         if self.reduction == "mean":
             return _zero_d(per.sum() / max(total, 1e-12))
         if self.reduction == "sum":
