@@ -40,16 +40,20 @@ def _uses_record(impl):
 
     @functools.wraps(impl)
     def entry(self, *grads, retain_graph=False, **kwargs):
-        ctx = self._record_for_backward(impl.__name__)
-        if ctx.__dict__.get("_in_backward"):
+        d = self.__dict__
+        ctx = d["ctx"]
+        if ctx is None or ctx is _FREED:
+            self._record_for_backward(impl.__name__)          # raises the right error
+        c = ctx.__dict__
+        if "_in_backward" in c:
             return impl(self, *grads, **kwargs)
-        ctx._in_backward = True
+        c["_in_backward"] = True
         try:
             result = impl(self, *grads, **kwargs)
         finally:
-            del ctx._in_backward
+            del c["_in_backward"]
         if not retain_graph:            # (after an error the record stays for a retry)
-            object.__setattr__(self, "ctx", _FREED)
+            d["ctx"] = _FREED
         return result
     entry.__wrapped_backward__ = True
     return entry
@@ -150,7 +154,7 @@ class Module:
 
     def _record_for_backward(self, what="backward"):
         ctx = self.__dict__["ctx"]
-        name = f"{type(self).__name__}.{what}"
+        name = f"{type(self).__name__}.{what}" if ctx is None or ctx is _FREED else ""
         if ctx is None:
             raise RuntimeError(f"{name} called before forward: no call of the module is "
                                "recorded (calls under nnx.no_grad() record nothing)")

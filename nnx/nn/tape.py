@@ -104,10 +104,11 @@ class Context:
 
 
 class _Node:
-    __slots__ = ("fn", "ctx", "ins", "outs")
+    __slots__ = ("fn", "ctx", "ins", "outs", "in_flat", "out_flat")
 
-    def __init__(self, fn, ctx, ins, outs):
+    def __init__(self, fn, ctx, ins, outs, in_flat, out_flat):
         self.fn, self.ctx, self.ins, self.outs = fn, ctx, ins, outs
+        self.in_flat, self.out_flat = in_flat, out_flat   # the same slots, flattened
 
 
 class Tape:
@@ -123,7 +124,7 @@ class Tape:
         self.n_slots = 0
         self._slot_of = {}           # id(array) -> (slot, weakref to the array)
         self.params = []             # (slot, Parameter) passed to functional operations
-        self.ins = self._input_slots(args)
+        self.ins = self._slots(args, False, [])
         self.outs = None
 
     # ------------------------------------------------------------------ recording
@@ -137,7 +138,7 @@ class Tape:
         self._slot_of[id(a)] = (s, ref)
         return s
 
-    def _input_slot(self, a):
+    def _seen_slot(self, a):
         hit = self._slot_of.get(id(a))
         if hit is not None and hit[1]() is a:
             return hit[0]
@@ -146,25 +147,37 @@ class Tape:
             self.params.append((s, a))
         return s
 
-    def _input_slots(self, struct):
-        if isinstance(struct, (tuple, list)):
-            return tuple(self._input_slots(a) for a in struct)
-        return self._input_slot(struct) if _is_value(struct) else None
-
-    def _output_slots(self, struct):
-        if isinstance(struct, (tuple, list)):
-            return tuple(self._output_slots(a) for a in struct)
-        return self._new_slot(struct) if _is_value(struct) else None
+    def _slots(self, struct, new, flat):
+        """Slots of the values in ``struct`` (same nesting, ``None`` for constants),
+        appended to ``flat`` too; ``new``: a result, which starts new values."""
+        if type(struct) is _ndarray or (type(struct) not in _SEQUENCES and _is_value(struct)):
+            s = self._new_slot(struct) if new else self._seen_slot(struct)
+            flat.append(s)
+            return s
+        if type(struct) in _SEQUENCES:
+            return tuple([self._slots(a, new, flat) for a in struct])
+        return None
 
     def record(self, fn, ctx, args, out):
         """Append a node: ``fn`` (a Module, or a functional operation) was called on
         ``args`` and returned ``out``; ``ctx`` is that call's context."""
-        ins = self._input_slots(args)
-        self.nodes.append(_Node(fn, ctx, ins, self._output_slots(out)))
+        if len(args) == 1 and type(args[0]) is _ndarray:    # the common case, quickly
+            s = self._seen_slot(args[0])
+            ins, in_flat = (s,), (s,)
+        else:
+            in_flat = []
+            ins = self._slots(args, False, in_flat)
+        if type(out) is _ndarray:
+            outs = self._new_slot(out)
+            out_flat = (outs,)
+        else:
+            out_flat = []
+            outs = self._slots(out, True, out_flat)
+        self.nodes.append(_Node(fn, ctx, ins, outs, in_flat, out_flat))
 
     def finish(self, out):
         """Note the composite's result (its slots receive the upstream gradients)."""
-        self.outs = self._input_slots(out)
+        self.outs = self._slots(out, False, [])
 
     # ------------------------------------------------------------------ backward
     def _needs_input_grad(self, input_grad):
@@ -178,10 +191,14 @@ class Tape:
             need[s] = 1
         result = []
         for node in self.nodes:
-            in_need = any(need[s] for s in _flat(node.ins))
+            in_need = False
+            for s in node.in_flat:
+                if need[s]:
+                    in_need = True
+                    break
             result.append(in_need)
             if in_need or _has_params(node.fn):
-                for s in _flat(node.outs):
+                for s in node.out_flat:
                     need[s] = 1
         return result
 
@@ -197,11 +214,19 @@ class Tape:
             node = nodes[i]
             if not retain_graph:
                 nodes[i] = None          # free this call's saved state as we go
-            dys = _gather(node.outs, g)
-            for s in _flat(node.outs):   # fully summed now; not needed any more
-                g[s] = None
-            if dys is None or (type(dys) is tuple and _all_none(dys)):
-                continue
+            outs = node.outs
+            if type(outs) is int:        # one result (most layers)
+                dy = g[outs]
+                if dy is None:
+                    continue
+                g[outs] = None           # fully summed now; not needed any more
+                dys = (dy,)
+            else:
+                dys = _gather(outs, g)
+                for s in node.out_flat:
+                    g[s] = None
+                if _all_none(dys):
+                    continue
             if needs[i]:
                 _accumulate_args(node.ins, _run_backward(node, dys, retain_graph), g)
             elif _has_params(node.fn):
@@ -226,20 +251,24 @@ class _Strong:
 
 
 def _run_backward(node, dys, retain_graph, params_only=False):
-    """Call the node's backward with its own call's context in place."""
+    """Call the node's backward with its own call's context in place; ``dys`` holds one
+    gradient per result of the call."""
     fn = node.fn
-    args = dys if type(dys) is tuple else (dys,)
-    if isinstance(fn, type):                         # a functional operation
-        return fn.backward(node.ctx, *args)
+    if type(fn) is type:                             # a functional operation
+        return fn.backward(node.ctx, *dys)
     d = fn.__dict__
     prev = d["ctx"]
     d["ctx"] = node.ctx
     try:
         if params_only:
-            return fn.backward_params(*args, retain_graph=retain_graph)
-        return fn.backward(*args, retain_graph=retain_graph)
+            return fn.backward_params(*dys, retain_graph=retain_graph)
+        return fn.backward(*dys, retain_graph=retain_graph)
     finally:
         d["ctx"] = prev
+
+
+_ndarray = np.ndarray
+_SEQUENCES = (tuple, list)
 
 
 def _is_value(a) -> bool:
@@ -248,9 +277,9 @@ def _is_value(a) -> bool:
 
 
 def _has_params(fn) -> bool:
-    if isinstance(fn, type):
+    if type(fn) is type:                             # a functional operation
         return False
-    return next(fn.parameters(), None) is not None
+    return bool(fn._parameters) or next(fn.parameters(), None) is not None
 
 
 def _flat(struct):
