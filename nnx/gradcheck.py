@@ -40,7 +40,8 @@ def gradcheck(module_or_fn, inputs, *, eps=1e-6, atol=1e-6, rtol=1e-4, check_inp
     where ``back(grad_out)`` returns the input gradients.
     ``inputs``: a tuple of arrays; by default every floating-point input is checked (set
     ``check_inputs`` to a list of indices to choose).  A module's ``backward`` must return the
-    gradient of the first checked input, or a tuple with one entry per checked input.
+    gradient of the first checked input, or a tuple with one entry per checked input (or
+    per input, as a composite's backward returns).
     ``before_forward``: called before each forward (e.g. to reseed dropout).
     """
     from .nn.module import Module
@@ -86,6 +87,8 @@ def gradcheck(module_or_fn, inputs, *, eps=1e-6, atol=1e-6, rtol=1e-4, check_inp
     out, back = run(inputs)
     g = back(*R) if isinstance(out, (tuple, list)) else back(R)
     g = list(g) if isinstance(g, (tuple, list)) else [g]
+    if len(g) == len(inputs) != len(check_inputs):   # one entry per argument (a composite)
+        g = [g[i] for i in check_inputs]
     analytic = {}
     for k, i in enumerate(check_inputs):
         if k >= len(g) or g[k] is None:

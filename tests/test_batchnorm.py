@@ -1,9 +1,11 @@
-"""BatchNorm1d/2d: gradchecks in train and eval mode, running statistics and state_dict
-against PyTorch."""
+"""BatchNorm1d/2d: the layer harness in train and eval mode (gradchecks, called twice,
+dtype, strides, CPU vs CUDA), running statistics (once per call) and state_dict against
+PyTorch."""
 import numpy as np
 import pytest
 
 import nnx
+from layer_harness import check_layer
 from nnx.nn import BatchNorm1d, BatchNorm2d
 
 
@@ -13,31 +15,59 @@ def _randomize(bn, rng):
     bn.bias.data[...] = be.asarray(rng.standard_normal(bn.bias.shape))
 
 
+def _make(cls, c, train=True):
+    """A batch norm with random affine parameters and running statistics (the same on every
+    build: the harness compares builds)."""
+    def make(dt):
+        rng = np.random.default_rng(5)
+        bn = cls(c, dtype=dt)
+        _randomize(bn, rng)
+        be = nnx.backend.get()
+        bn.running_mean[...] = be.asarray(rng.standard_normal(c))
+        bn.running_var[...] = be.asarray(rng.uniform(0.5, 2, c))
+        return bn.train(train)
+    return make
+
+
 @pytest.mark.parametrize("cls,shape", [(BatchNorm1d, (5, 3)), (BatchNorm1d, (3, 2, 4)),
                                        (BatchNorm2d, (2, 3, 3, 2))])
-def test_batchnorm_gradcheck_train(backend, rng, cls, shape):
-    bn = cls(shape[1]).double()
-    _randomize(bn, rng)
-    x = rng.standard_normal(shape) * 2 + 1
-    nnx.gradcheck(bn, (x,))
+def test_batchnorm_train(backend, rng, cls, shape):
+    check_layer(_make(cls, shape[1]), (rng.standard_normal(shape) * 2 + 1,))
 
 
 @pytest.mark.parametrize("cls,shape", [(BatchNorm1d, (4, 3)), (BatchNorm2d, (1, 2, 3, 3))])
-def test_batchnorm_gradcheck_eval(backend, rng, cls, shape):
-    bn = cls(shape[1]).double()
-    _randomize(bn, rng)
-    be = nnx.backend.get()
-    bn.running_mean[...] = be.asarray(rng.standard_normal(shape[1]))
-    bn.running_var[...] = be.asarray(rng.uniform(0.5, 2, shape[1]))
-    bn.eval()
-    nnx.gradcheck(bn, (rng.standard_normal(shape),))
+def test_batchnorm_eval(backend, rng, cls, shape):
+    check_layer(_make(cls, shape[1], train=False), (rng.standard_normal(shape),))
 
 
-def test_batchnorm_no_affine_gradcheck(backend, rng):
-    bn = BatchNorm2d(2, affine=False, track_running_stats=False).double()
-    nnx.gradcheck(bn, (rng.standard_normal((3, 2, 2, 2)),))
-    bn.eval()  # no running stats: batch statistics even in eval
-    nnx.gradcheck(bn, (rng.standard_normal((3, 2, 2, 2)),))
+def test_batchnorm_no_affine(backend, rng):
+    def make(train):
+        return lambda dt: BatchNorm2d(2, affine=False, track_running_stats=False).train(train)
+    check_layer(make(True), (rng.standard_normal((3, 2, 2, 2)),))
+    # no running stats: batch statistics even in eval
+    check_layer(make(False), (rng.standard_normal((3, 2, 2, 2)),), skip=("cpu_vs_cuda",))
+
+
+def test_running_stats_update_once_per_call(backend, rng):
+    """Two calls in one graph update the running statistics twice, in call order, as two
+    separate forwards do (PyTorch's behaviour)."""
+    x1, x2 = rng.standard_normal((4, 3)), rng.standard_normal((4, 3)) + 2
+
+    class Twice(nnx.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = BatchNorm1d(3, dtype=np.float64)
+
+        def forward(self, a, b):
+            return nnx.nn.functional.add(self.bn(a), self.bn(b))
+
+    twice, ref = Twice(), BatchNorm1d(3, dtype=np.float64)
+    twice(x1, x2)
+    ref(x1)
+    ref(x2)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_array_equal(getattr(twice.bn, name), getattr(ref, name), name)
+    assert int(twice.bn.num_batches_tracked) == 2
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

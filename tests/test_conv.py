@@ -1,9 +1,10 @@
-"""im2col/col2im against a naive loop and their adjoint identity; Conv2d gradchecks and
-PyTorch comparisons."""
+"""im2col/col2im against a naive loop and their adjoint identity; Conv2d through the layer
+harness (gradchecks, called twice, dtype, strides, CPU vs CUDA) and PyTorch comparisons."""
 import numpy as np
 import pytest
 
 import nnx
+from layer_harness import check_layer
 from nnx.nn import Conv2d
 
 GEOMS = [  # (N, C, H, W, kernel, stride, padding, dilation)
@@ -66,11 +67,11 @@ CONV_CASES = [  # (in, out, kernel, stride, padding, dilation, groups, bias, inp
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d_gradcheck(backend, rng, case):
+def test_conv2d(backend, rng, case):
     cin, cout, k, s, p, d, g, bias, (n, h, w) = case
-    conv = Conv2d(cin, cout, k, s, p, d, groups=g, bias=bias).double()
     x = rng.standard_normal((n, cin, h, w))
-    nnx.gradcheck(conv, (x,), atol=1e-7, rtol=1e-5)
+    check_layer(lambda dt: Conv2d(cin, cout, k, s, p, d, groups=g, bias=bias, dtype=dt), (x,),
+                gradcheck_kw=dict(atol=1e-7, rtol=1e-5))
 
 
 

@@ -1,11 +1,16 @@
-"""Float64 gradient checks for Linear, the activations and Sequential, plus input errors."""
+"""Linear, the activations and Sequential through the layer harness (float64 gradchecks,
+called twice in one graph, inputs unmodified, dtype, non-contiguous inputs, CPU vs CUDA),
+plus values and input errors."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import nnx
+from layer_harness import check_layer
 from nnx import nn
+
+ONCE = ("cpu_vs_cuda",)   # extra configurations skip the (simulated) CUDA comparison
 
 
 def f64(rng, *shape):
@@ -14,22 +19,10 @@ def f64(rng, *shape):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(5, 3), (1, 3), (2, 4, 3)])
-def test_linear_gradcheck(backend, rng, bias, shape):
-    layer = nn.Linear(3, 4, bias=bias, dtype=np.float64)
-    assert (layer.bias is None) == (not bias)
-    nnx.gradcheck(layer, (backend.asarray(f64(rng, *shape)),))
-
-
-def test_linear_non_contiguous_input(backend, rng):
-    layer = nn.Linear(3, 2, dtype=np.float64)
-    base = backend.asarray(f64(rng, 6, 5))
-    x = base[1:4, ::2]             # (3, 3) strided slice ...
-    x = x.T                        # ... transposed: not C-contiguous
-    assert not x.flags.c_contiguous
-    y = layer(x)
-    np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(
-        layer(backend.xp.ascontiguousarray(x))), rtol=1e-12)
-    nnx.gradcheck(layer, (x,))
+def test_linear(backend, rng, bias, shape):
+    assert (nn.Linear(3, 4, bias=bias).bias is None) == (not bias)
+    check_layer(lambda dt: nn.Linear(3, 4, bias=bias, dtype=dt), (f64(rng, *shape),),
+                skip=() if bias and shape == (5, 3) else ONCE)
 
 
 def test_linear_matches_formula(backend, rng):
@@ -41,6 +34,7 @@ def test_linear_matches_formula(backend, rng):
 
 ACTIVATIONS = [
     lambda: nn.ReLU(),
+    lambda: nn.ReLU(inplace=True),
     lambda: nn.LeakyReLU(0.1),
     lambda: nn.Sigmoid(),
     lambda: nn.Tanh(),
@@ -54,16 +48,12 @@ ACTIVATIONS = [
 
 @pytest.mark.parametrize("make", ACTIVATIONS)
 @pytest.mark.parametrize("shape", [(4, 5), (1, 3), (2, 3, 4)])
-def test_activation_gradcheck(backend, rng, make, shape):
+def test_activation(backend, rng, make, shape):
     x = f64(rng, *shape)
     x[np.abs(x) < 1e-3] = 0.5      # keep ReLU's kink away from the finite-difference step
-    nnx.gradcheck(make(), (backend.asarray(x),))
-
-
-def test_activation_non_contiguous(backend, rng):
-    x = backend.asarray(f64(rng, 5, 4)).T
-    for make in ACTIVATIONS:
-        nnx.gradcheck(make(), (x,))
+    inplace = getattr(make(), "inplace", False)
+    check_layer(lambda dt: make(), (x,), inplace=inplace,
+                skip=() if shape == (2, 3, 4) else ONCE)
 
 
 def test_activation_values(backend):
@@ -81,11 +71,12 @@ def test_activation_values(backend):
     np.testing.assert_allclose(backend.to_numpy(nn.Softmax(dim=1)(big)), [[1, 0, 0]])
 
 
-def test_sequential_gradcheck(backend, rng):
-    nnx.manual_seed(3)
-    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), nn.ReLU(),
-                          nn.Linear(4, 2), nn.Softmax(dim=-1)).double()
-    nnx.gradcheck(model, (backend.asarray(f64(rng, 6, 3)),))
+def test_sequential(backend, rng):
+    def make(dt):
+        return nn.Sequential(nn.Linear(3, 5, dtype=dt), nn.Tanh(), nn.Linear(5, 4, dtype=dt),
+                             nn.ReLU(), nn.Linear(4, 2, dtype=dt), nn.Softmax(dim=-1))
+    check_layer(make, (f64(rng, 6, 3),))
+    model = make(np.float64)
     assert len(model) == 6 and isinstance(model[1], nn.Tanh)
     assert [n for n, _ in model.named_parameters()] == [
         "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]

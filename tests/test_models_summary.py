@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import nnx
+from layer_harness import check_layer
 from nnx import models
 from nnx.nn import CrossEntropyLoss
 
@@ -77,12 +78,12 @@ def test_resnet_summary_and_state_dict(backend):
         models.get("vgg")
 
 
-def test_residual_block_gradcheck(backend, rng):
-    block = models.BasicBlock(2, 3, stride=2).double()
+def test_residual_block(backend, rng):
     x = rng.standard_normal((2, 2, 4, 3))
-    nnx.gradcheck(block, (x,), atol=1e-6, rtol=1e-4)
-    block.eval()
-    nnx.gradcheck(models.BasicBlock(2, 2).double().eval(), (x,), atol=1e-6, rtol=1e-4)
+    tol = dict(atol=1e-6, rtol=1e-4)
+    check_layer(lambda dt: models.BasicBlock(2, 3, stride=2, dtype=dt), (x,), gradcheck_kw=tol)
+    check_layer(lambda dt: models.BasicBlock(2, 2, dtype=dt).eval(), (x,), gradcheck_kw=tol,
+                skip=("cpu_vs_cuda",))
 
 
 def test_simple_cnn_loads_torch_state_dict(backend, rng):

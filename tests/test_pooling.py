@@ -1,8 +1,9 @@
-"""Max/avg/adaptive pooling: gradchecks, PyTorch comparisons, ties, padding rules."""
+"""Max/avg/adaptive pooling: the layer harness (gradchecks, called twice, dtype, strides, CPU
+vs CUDA), PyTorch comparisons, ties, padding rules."""
 import numpy as np
 import pytest
 
-import nnx
+from layer_harness import check_layer
 from nnx.nn import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 POOLS = [  # (kernel, stride, padding, input (N, C, H, W))
@@ -20,16 +21,18 @@ def _distinct(rng, shape):
 
 
 @pytest.mark.parametrize("case", POOLS)
-def test_maxpool_gradcheck(backend, rng, case):
+def test_maxpool(backend, rng, case):
     k, s, p, shape = case
-    nnx.gradcheck(MaxPool2d(k, s, p), (_distinct(rng, shape),), eps=1e-4)
+    check_layer(lambda dt: MaxPool2d(k, s, p), (_distinct(rng, shape),),
+                second=(_distinct(rng, shape),), gradcheck_kw=dict(eps=1e-4))
 
 
 @pytest.mark.parametrize("cip", [True, False])
 @pytest.mark.parametrize("case", POOLS)
-def test_avgpool_gradcheck(backend, rng, case, cip):
+def test_avgpool(backend, rng, case, cip):
     k, s, p, shape = case
-    nnx.gradcheck(AvgPool2d(k, s, p, count_include_pad=cip), (rng.standard_normal(shape),))
+    check_layer(lambda dt: AvgPool2d(k, s, p, count_include_pad=cip),
+                (rng.standard_normal(shape),), skip=() if cip else ("cpu_vs_cuda",))
 
 
 @pytest.mark.parametrize("case", POOLS)
@@ -84,8 +87,8 @@ def test_adaptive_avgpool_global_and_divisible(backend, rng):
     y = pool(x)
     assert y.shape == (2, 3, 1, 1)
     np.testing.assert_allclose(backend.to_numpy(y)[..., 0, 0], x.mean(axis=(2, 3)))
-    nnx.gradcheck(pool, (x,))
-    nnx.gradcheck(AdaptiveAvgPool2d((2, 3)), (x,))
+    check_layer(lambda dt: AdaptiveAvgPool2d(1), (x,))
+    check_layer(lambda dt: AdaptiveAvgPool2d((2, 3)), (x,))
     with pytest.raises(NotImplementedError, match="output_size=1"):
         AdaptiveAvgPool2d(5)(x)
     x32 = x.astype(np.float32)

@@ -1,5 +1,7 @@
 """Recurrent layers: fused cell ops, cells, RNN/LSTM/GRU (BPTT), sequence losses, truncated
-BPTT and gradient clipping.  float64 gradchecks on tiny sizes; PyTorch as optional oracle."""
+BPTT and gradient clipping.  Cells and layers go through the layer harness (float64
+gradchecks, called twice in one graph, dtype, strides, CPU vs CUDA) on tiny sizes; PyTorch as
+optional oracle."""
 from __future__ import annotations
 
 import warnings
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 import nnx
+from layer_harness import check_layer
 from nnx.nn import (GRU, LSTM, RNN, GRUCell, LSTMCell, Module, RNNCell,
                     SequenceCrossEntropyLoss, SequenceMSELoss, detach_state)
 
@@ -37,19 +40,16 @@ def host(be, a):
 
 
 class WithState(Module):
-    """Flattens ``(x, h0[, c0])`` into separate inputs so nnx.gradcheck checks dh0/dc0."""
+    """Flattens ``(x, h0[, c0])`` into separate inputs so nnx.gradcheck checks dh0/dc0 (a
+    composite: its backward, one gradient per argument, comes from the tape)."""
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
-        self.lstm = isinstance(inner, LSTM)
+        self.lstm = isinstance(inner, (LSTM, LSTMCell))
 
     def forward(self, x, h0, c0=None):
         return self.inner(x, (h0, c0)) if self.lstm else self.inner(x, h0)
-
-    def backward(self, d_out, d_state):
-        g = self.inner.backward(d_out, d_state)
-        return (g[0],) + tuple(g[1]) if self.lstm else g
 
 
 # ------------------------------------------------------------------------ fused cell ops
@@ -91,36 +91,23 @@ def test_cell_ops_gradcheck_and_dtype(backend, rng):
 # ------------------------------------------------------------------------ cells
 @pytest.mark.parametrize("kind", ["tanh", "relu", "lstm", "gru"])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_cell_gradcheck(backend, rng, kind, with_state):
+def test_cell(backend, rng, kind, with_state):
     I, H, N = 3, 2, 2
-    cell = (LSTMCell(I, H) if kind == "lstm" else GRUCell(I, H) if kind == "gru"
-            else RNNCell(I, H, nonlinearity=kind)).double()
+
+    def cell(dt):
+        return (LSTMCell(I, H, dtype=dt) if kind == "lstm" else GRUCell(I, H, dtype=dt)
+                if kind == "gru" else RNNCell(I, H, nonlinearity=kind, dtype=dt))
+
     x = rng.standard_normal((N, I))
     h = rng.standard_normal((N, H))
     c = rng.standard_normal((N, H))
+    once = () if with_state else ("cpu_vs_cuda",)
     if not with_state:
-        nnx.gradcheck(cell, (x,))
+        check_layer(cell, (x,), skip=once)
     elif kind == "lstm":
-        def f(x_, h_, c_):
-            out = cell(x_, (h_, c_))
-            return out, lambda dh, dc: (lambda g: (g[0],) + g[1])(cell.backward(dh, dc))
-        nnx.gradcheck(f, (x, h, c))
-        nnx.gradcheck(WithStateCell(cell), (x, h, c))  # parameters too
+        check_layer(lambda dt: WithState(cell(dt)), (x, h, c), skip=once)
     else:
-        nnx.gradcheck(cell, (x, h))
-
-
-class WithStateCell(Module):
-    def __init__(self, cell):
-        super().__init__()
-        self.cell = cell
-
-    def forward(self, x, h, c):
-        return self.cell(x, (h, c))
-
-    def backward(self, dh, dc):
-        dx, (dhp, dcp) = self.cell.backward(dh, dc)
-        return dx, dhp, dcp
+        check_layer(cell, (x, h), skip=once)
 
 
 @pytest.mark.parametrize("kind", ["tanh", "relu", "lstm", "gru"])
@@ -179,25 +166,33 @@ def test_cell_unbatched_and_no_state_return(backend, rng):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "T{}N{}L{}{}{}{}".format(
     c[0], c[1], c[2], "bi" if c[3] else "", "bf" if c[4] else "", "h0" if c[5] else ""))
-def test_layer_gradcheck(backend, rng, mode, cfg):
+def test_layer(backend, rng, mode, cfg):
     T, N, L, bi, bf, with_state = cfg
     I, H = 2, 2
-    m = make(mode, I, H, num_layers=L, bidirectional=bi, batch_first=bf).double()
+
+    def layer(dt):
+        return make(mode, I, H, num_layers=L, bidirectional=bi, batch_first=bf, dtype=dt)
+
     D = 2 if bi else 1
     x = rng.standard_normal((N, T, I) if bf else (T, N, I))
+    # the (simulated) CUDA comparison once per mode: every step is a kernel launch
+    once = () if cfg == CONFIGS[1] else ("cpu_vs_cuda",)
     if not with_state:
-        nnx.gradcheck(m, (x,))  # output (out, h_n[, c_n]): d_hn/d_cn are checked too
+        # output (out, h_n[, c_n]): d_hn/d_cn are checked too
+        check_layer(layer, (x,), skip=once)
         return
     h0 = rng.standard_normal((L * D, N, H))
     c0 = rng.standard_normal((L * D, N, H))
-    nnx.gradcheck(WithState(m), (x, h0, c0) if mode == "lstm" else (x, h0))
+    check_layer(lambda dt: WithState(layer(dt)), (x, h0, c0) if mode == "lstm" else (x, h0),
+                skip=once)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_layer_gradcheck_unbatched_no_bias(backend, rng, mode):
-    m = make(mode, 2, 3, num_layers=2, bias=False, bidirectional=True).double()
+def test_layer_unbatched_no_bias(backend, rng, mode):
+    m = make(mode, 2, 3, num_layers=2, bias=False, bidirectional=True)
     assert not any("bias" in n for n, _ in m.named_parameters())
-    nnx.gradcheck(m, (rng.standard_normal((3, 2)),))
+    check_layer(lambda dt: make(mode, 2, 3, num_layers=2, bias=False, bidirectional=True,
+                                dtype=dt), (rng.standard_normal((3, 2)),), skip=("cpu_vs_cuda",))
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])

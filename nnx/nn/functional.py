@@ -16,6 +16,7 @@ arrays.  With ``δ = dL/dy`` the backward of each is::
     linear(x, W, b) = x Wᵀ + b    dx = δ W   dW = Σ_rows δᵀ x   db = Σ_rows δ
     cat(xs, dim), stack(xs, dim)  dx_k = the k-th piece of δ along dim
     split, chunk, narrow, select  dx = the pieces' δ put back in place (zeros elsewhere)
+    clone(x) = a copy of x        dx = δ
     reshape, flatten, transpose, permute    dx = δ reshaped / axes moved back
     sum(x, dim), mean(x, dim)     dx = δ broadcast back over the reduced axes (÷ n)
     relu, leaky_relu, tanh, sigmoid, softmax, log_softmax: as the layers of the same name
@@ -326,6 +327,21 @@ def select(input, dim, index):
 
 
 # ---------------------------------------------------------------------- shapes
+class _Clone(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.copy()
+
+    @staticmethod
+    def backward(ctx, dy):
+        return dy
+
+
+def clone(input):
+    """A copy of ``input`` (e.g. before a layer that works in place)."""
+    return _Clone.apply(input)
+
+
 class _Reshape(Function):
     @staticmethod
     def forward(ctx, x, shape):
@@ -388,10 +404,11 @@ class _Sum(Function):
         ctx.scale = 1
         for a in axes:
             ctx.scale *= x.shape[a]
+        xp = B.get().xp                  # (0-d arrays, not NumPy scalars, for full sums)
         if mean:
-            return x.mean(axis=axes, keepdims=keepdim, dtype=x.dtype)
+            return xp.asarray(x.mean(axis=axes, keepdims=keepdim, dtype=x.dtype))
         ctx.scale = 1
-        return x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype)
+        return xp.asarray(x.sum(axis=axes, keepdims=keepdim, dtype=x.dtype))
 
     @staticmethod
     def backward(ctx, dy):
@@ -545,6 +562,6 @@ def dropout(input, p=0.5, training=True):
 
 
 __all__ = ["Function", "add", "sub", "mul", "div", "matmul", "linear", "cat", "stack",
-           "split", "chunk", "narrow", "select", "reshape", "flatten", "transpose",
+           "split", "chunk", "narrow", "select", "clone", "reshape", "flatten", "transpose",
            "permute", "sum", "mean", "relu", "leaky_relu", "tanh", "sigmoid", "softmax",
            "log_softmax", "dropout"]

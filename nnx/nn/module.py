@@ -48,6 +48,8 @@ def _uses_record(impl):
         if "_in_backward" in c:
             return impl(self, *grads, **kwargs)
         c["_in_backward"] = True
+        for module, inner_ctx in c.get("_inner_calls", ()):   # this call's own inner calls
+            module.__dict__["ctx"] = inner_ctx
         try:
             result = impl(self, *grads, **kwargs)
         finally:
@@ -109,7 +111,8 @@ class Module:
         Inside a composite's forward the call becomes a node of its tape; at top level the
         context stays on the module as its record for ``backward``; under ``no_grad`` it
         is dropped.  A composite records its own tape meanwhile; a hand-written layer's
-        inner calls are top level (its own backward is in charge of them)."""
+        inner calls are top level (its own backward is in charge of them), and their
+        records are kept in its context too (see :mod:`nnx.nn.tape`)."""
         if self._parameters:
             self._check_backend()
         st = _state
@@ -121,21 +124,28 @@ class Module:
                 return self.forward(*args, **kwargs)
             finally:
                 d["ctx"] = prev
-        outer = st.tape
-        tape = st.tape = None if self._hand_written else Tape(args)
+        outer, owner = st.tape, st.owner
+        if self._hand_written:
+            tape, st.tape, st.owner = None, None, ctx
+        else:
+            tape = st.tape = Tape(args)
+            st.owner = None
         try:
             out = self.forward(*args, **kwargs)
         except BaseException:
             d["ctx"] = prev
             raise
         finally:
-            st.tape = outer
+            st.tape, st.owner = outer, owner
         if tape is not None:
             tape.finish(out)
             ctx.tape = tape
         if outer is not None:
             outer.record(self, ctx, args, out)
             d["ctx"] = prev
+        elif owner is not None:       # inside a hand-written layer's forward: it keeps ours
+            inner = owner.__dict__.setdefault("_inner_calls", [])
+            inner.append((self, ctx))
         return out
 
     def _check_backend(self):

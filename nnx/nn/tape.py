@@ -27,6 +27,11 @@ Backward walks the nodes in reverse.  With ``g[s] = dL/d(value s)``::
     for node in reversed(nodes):   g[inputs of node] += node.backward(g[outputs of node])
     return g[input slots]
 
+A layer with a hand-written backward is one node; the calls its own ``forward`` makes are
+top level for it (its backward calls theirs), and their records are also kept in its
+call's context (``ctx._inner_calls``), which its backward puts back in place first: such a
+layer, too, may be called several times in one graph.
+
 Gradients reaching the same slot twice are summed (a new array each time; nothing is
 summed in place, so a gradient handed to two consumers is never modified).  A node is
 called only when its input gradient is needed (the value depends on the composite's
@@ -50,6 +55,7 @@ from .parameter import Parameter
 class _State(threading.local):
     grad_enabled = True
     tape = None          # the tape that calls made now are recorded on (None: top level)
+    owner = None         # context of the hand-written layer whose forward runs now
 
 
 _state = _State()
@@ -221,6 +227,8 @@ class Tape:
                     continue
                 g[outs] = None           # fully summed now; not needed any more
                 dys = (dy,)
+            elif outs is None:           # a result without arrays: nothing flows back
+                continue
             else:
                 dys = _gather(outs, g)
                 for s in node.out_flat:
