@@ -19,10 +19,11 @@ mask (PyTorch's inter-layer dropout; the mask is reused by backward).
 
 Truncated BPTT
 --------------
-nnx has no autograd graph: ``backward`` only goes back through the steps of the latest
-``forward``.  To truncate, run the sequence in chunks and feed the final state of one chunk
-as the initial state of the next (``detach_state`` makes a copy, so later in-place updates
-cannot alias it)::
+A top-level call's ``backward`` goes back through that call's steps and no further (inside
+a composite's ``forward`` the tape links the calls instead).  To truncate, run the sequence
+in chunks and feed the final state of one chunk as the initial state of the next
+(``detach_state`` makes a copy, which also stops the gradient inside a composite, and
+later in-place updates cannot alias it)::
 
     h = None
     for chunk, target in chunks:
@@ -45,8 +46,8 @@ from .rnn_cells import check_mode, input_projection, make_params, step_backward,
 
 def detach_state(state):
     """Copy a recurrent state (an array, a tuple ``(h, c)`` or ``None``) for the next chunk
-    of truncated BPTT.  Arrays carry no graph in nnx, so this is a plain copy: the next
-    ``forward`` starts a fresh graph and ``backward`` stops at the chunk boundary."""
+    of truncated BPTT.  A plain copy: arrays carry no graph in nnx, and a composite's tape
+    sees the copy as a new constant, so ``backward`` stops at the chunk boundary."""
     if state is None:
         return None
     if isinstance(state, (tuple, list)):
@@ -276,7 +277,7 @@ class _HiddenOnly(_RNNBase):
         return self._to_layout(out, unbatched), (h_n[:, 0] if unbatched else h_n)
 
     def backward(self, d_output, d_hn=None):
-        """Full BPTT through the latest forward.  ``d_output`` (output's shape) or ``d_hn``
+        """Full BPTT through this call's steps.  ``d_output`` (output's shape) or ``d_hn``
         (``h_n``'s shape) may be ``None``.  Returns ``dx``, or ``(dx, dh0)`` when ``h0`` was
         passed to forward.  Parameter gradients accumulate."""
         ctx = self.ctx
