@@ -38,7 +38,6 @@ import nnx
 import nnx.backend as B
 from nnx import nn
 from nnx.nn import functional as F
-from nnx.backend import kernel_loader
 from tolerances import gamma, network_rtol
 
 SEED = 11
@@ -249,29 +248,24 @@ def cuda_backend():
         with _using("cuda") as be:
             yield be
         return
+    with simulated_cuda():
+        with _using("cuda") as be:
+            yield be
+
+
+@contextlib.contextmanager
+def simulated_cuda(build_dir=None):
+    """The CUDA backend over ``fake_cupy`` registered as ``"cuda"`` inside this block (the
+    previous ``cupy`` module, ``"cuda"`` instance and active backend are restored
+    afterwards); skips the test without g++.  ``build_dir``: where the simulated kernels are
+    compiled (default: the shared cache of ``fake_cupy``)."""
     sim_dir = str(Path(__file__).resolve().parent / "cuda_sim")
     if sim_dir not in sys.path:
         sys.path.insert(0, sim_dir)
-    import fake_cupy
-    import simbuild
-    if simbuild.gxx() is None:
+    import sim_backend
+    reason = sim_backend.available()
+    if reason:
         import pytest
-        pytest.skip("g++ not found: cannot simulate the CUDA backend")
-    saved_mod, saved_inst = sys.modules.get("cupy"), B._INSTANCES.get("cuda")
-    sys.modules["cupy"] = fake_cupy
-    kernel_loader.clear_cache()
-    try:
-        from nnx.backend.cupy_backend import CupyBackend
-        B._INSTANCES["cuda"] = CupyBackend()
-        with _using("cuda") as be:
-            yield be
-    finally:
-        kernel_loader.clear_cache()
-        if saved_inst is None:
-            B._INSTANCES.pop("cuda", None)
-        else:
-            B._INSTANCES["cuda"] = saved_inst
-        if saved_mod is None:
-            sys.modules.pop("cupy", None)
-        else:
-            sys.modules["cupy"] = saved_mod
+        pytest.skip(reason)
+    with sim_backend.simulated_backend(build_dir) as be, sim_backend.registered_as_cuda(be):
+        yield be

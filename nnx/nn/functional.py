@@ -19,8 +19,8 @@ arrays.  With ``δ = dL/dy`` the backward of each is::
     clone(x) = a copy of x        dx = δ
     reshape, flatten, transpose, permute    dx = δ reshaped / axes moved back
     sum(x, dim), mean(x, dim)     dx = δ broadcast back over the reduced axes (÷ n)
-    relu, leaky_relu, tanh, sigmoid, softmax, log_softmax: as the layers of the same name
-    dropout(x, p, training)       dx = δ ⊙ m / (1 - p) with this call's mask m
+    relu, leaky_relu, tanh, sigmoid, softmax, dropout: one call of the layer of that name
+    log_softmax(x) = x - logsumexp(x)       dx = δ - softmax(x) Σ δ
 
 ``Σ_bcast`` sums over the axes along which the argument was broadcast, so the gradient
 has the argument's shape.  Non-array arguments (Python numbers) receive no gradient.
@@ -30,8 +30,8 @@ from __future__ import annotations
 import builtins
 
 from .. import backend as B
-from .activation import log_softmax as _log_softmax, sigmoid as _sigmoid, \
-    softmax as _softmax
+from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, log_softmax as _log_softmax
+from .dropout import Dropout
 from .inputs import as_array, as_input, check_float, pair  # noqa: F401 (public helpers)
 from .parameter import Parameter
 from .tape import Context, _state
@@ -435,62 +435,37 @@ def mean(input, dim=None, keepdim=False):
 
 
 # ---------------------------------------------------------------------- activations
-class _Relu(Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = ctx.y = B.get().relu(check_float(x, "relu"))
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return B.get().relu_backward(ctx.y, dy)
+# A fresh layer per call: the layer's own forward and backward (equations in its
+# docstring), recorded as one node; calls own their state, so nothing is shared.
+def relu(input):
+    """``max(x, 0)`` (:class:`~nnx.nn.ReLU`)."""
+    return ReLU()(input)
 
 
-class _LeakyRelu(Function):
-    @staticmethod
-    def forward(ctx, x, slope):
-        ctx.x, ctx.slope = check_float(x, "leaky_relu"), slope
-        return B.get().xp.where(x > 0, x, x * slope)
-
-    @staticmethod
-    def backward(ctx, dy):
-        return B.get().xp.where(ctx.x > 0, dy, dy * ctx.slope), None
+def leaky_relu(input, negative_slope=0.01):
+    """``x if x > 0 else negative_slope·x`` (:class:`~nnx.nn.LeakyReLU`)."""
+    return LeakyReLU(negative_slope)(input)
 
 
-class _Tanh(Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = ctx.y = B.get().xp.tanh(check_float(x, "tanh"))
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return B.get().tanh_backward(ctx.y, dy)
+def tanh(input):
+    """:class:`~nnx.nn.Tanh`."""
+    return Tanh()(input)
 
 
-class _Sigmoid(Function):
-    @staticmethod
-    def forward(ctx, x):
-        y = ctx.y = _sigmoid(check_float(x, "sigmoid"))
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        y = ctx.y
-        return dy * y * (1 - y)
+def sigmoid(input):
+    """``1 / (1 + e^{-x})``, computed without overflow (:class:`~nnx.nn.Sigmoid`)."""
+    return Sigmoid()(input)
 
 
-class _Softmax(Function):
-    @staticmethod
-    def forward(ctx, x, dim):
-        y = ctx.y = _softmax(check_float(x, "softmax"), dim)
-        ctx.dim = dim
-        return y
+def softmax(input, dim=-1):
+    """:class:`~nnx.nn.Softmax` along ``dim``."""
+    return Softmax(dim)(input)
 
-    @staticmethod
-    def backward(ctx, dy):
-        y = ctx.y
-        return y * (dy - (dy * y).sum(axis=ctx.dim, keepdims=True)), None
+
+def dropout(input, p=0.5, training=True):
+    """Inverted dropout with a fresh mask for this call (:class:`~nnx.nn.Dropout`); the
+    identity when not ``training`` or ``p == 0``."""
+    return Dropout(p).train(training)(input)
 
 
 class _LogSoftmax(Function):
@@ -507,58 +482,9 @@ class _LogSoftmax(Function):
         return dy - p * dy.sum(axis=ctx.dim, keepdims=True), None
 
 
-class _Dropout(Function):
-    @staticmethod
-    def forward(ctx, x, p):
-        be = B.get()
-        if p == 1.0:
-            scale = be.xp.zeros_like(x)
-        else:
-            keep = be.random(x.shape, dtype=x.dtype) >= x.dtype.type(p)
-            scale = keep * x.dtype.type(1.0 / (1.0 - p))
-        ctx.scale = scale
-        return x * scale
-
-    @staticmethod
-    def backward(ctx, dy):
-        return dy * ctx.scale, None
-
-
-def relu(input):
-    """``max(x, 0)``."""
-    return _Relu.apply(input)
-
-
-def leaky_relu(input, negative_slope=0.01):
-    """``x if x > 0 else negative_slope·x``."""
-    return _LeakyRelu.apply(input, float(negative_slope))
-
-
-def tanh(input):
-    return _Tanh.apply(input)
-
-
-def sigmoid(input):
-    """``1 / (1 + e^{-x})`` (computed without overflow)."""
-    return _Sigmoid.apply(input)
-
-
-def softmax(input, dim=-1):
-    return _Softmax.apply(input, dim)
-
-
 def log_softmax(input, dim=-1):
+    """``x - logsumexp(x)`` along ``dim``."""
     return _LogSoftmax.apply(input, dim)
-
-
-def dropout(input, p=0.5, training=True):
-    """Inverted dropout with a fresh mask for this call; the identity when not
-    ``training`` or ``p == 0``."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-    if not training or p == 0.0:
-        return input
-    return _Dropout.apply(input, float(p))
 
 
 __all__ = ["Function", "add", "sub", "mul", "div", "matmul", "linear", "cat", "stack",

@@ -163,16 +163,17 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def _record_for_backward(self, what="backward"):
+        """The context of the call that a backward now refers to, or a clear error."""
         ctx = self.__dict__["ctx"]
-        name = f"{type(self).__name__}.{what}" if ctx is None or ctx is _FREED else ""
+        if ctx is not None and ctx is not _FREED:
+            return ctx
+        name = f"{type(self).__name__}.{what}"
         if ctx is None:
             raise RuntimeError(f"{name} called before forward: no call of the module is "
                                "recorded (calls under nnx.no_grad() record nothing)")
-        if ctx is _FREED:
-            raise RuntimeError(f"{name}: the recorded call's saved state was freed by a "
-                               "previous backward; call the module again, or pass "
-                               "retain_graph=True to the first backward")
-        return ctx
+        raise RuntimeError(f"{name}: the recorded call's saved state was freed by a previous "
+                           "backward; call the module again, or pass retain_graph=True to "
+                           "the first backward")
 
     def backward(self, *grads, input_grad: bool = True, retain_graph: bool = False):
         """Backward of a composite through the calls its last ``forward`` recorded.
