@@ -166,9 +166,9 @@ def _shape_after(m, shape):
 
 def summary(model, input_shape, dtype=None):
     """Summarise ``model`` for inputs of ``input_shape`` (``(C, H, W)`` or with a batch
-    axis ``(N, C, H, W)``; batch 1 when omitted).  Runs one forward pass in eval mode
-    under ``no_grad`` on a random normal input (no zeros, so ReLU masks are typical) and restores the training
-    flags; BatchNorm running statistics are untouched.  Returns a :class:`Summary`."""
+    axis ``(N, C, H, W)``; batch 1 when omitted).  Runs one forward pass in eval mode under
+    ``no_grad`` on a random normal input (no zeros, so ReLU masks are typical) and restores
+    the training flags; BatchNorm running statistics are untouched.  Returns a :class:`Summary`."""
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) in (1, 3):
         input_shape = (1,) + input_shape

@@ -3,7 +3,6 @@ harness (gradchecks, called twice, dtype, strides, CPU vs CUDA) and PyTorch comp
 import numpy as np
 import pytest
 
-import nnx
 from layer_harness import check_layer
 from nnx.nn import Conv2d
 

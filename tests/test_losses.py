@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import nnx
 from layer_harness import check_layer
 from nnx import nn
 
