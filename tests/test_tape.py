@@ -115,6 +115,17 @@ def test_second_backward_raises_unless_retained(rng, make):
         m.backward(dy)
 
 
+def test_copies_keep_the_used_record_marker(rng):
+    import copy
+    import pickle
+    m = _mlp()
+    y = m(rng.standard_normal((2, 3)))
+    m.backward(np.ones_like(y))
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        with pytest.raises(RuntimeError, match="freed"):
+            other.backward(np.ones_like(y))
+
+
 @pytest.mark.parametrize("make", [_mlp, lambda: nn.Tanh()], ids=["composite", "layer"])
 def test_backward_without_record_raises(rng, make):
     m = make()

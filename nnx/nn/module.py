@@ -29,7 +29,15 @@ from .. import backend as B
 from .parameter import Parameter
 from .tape import Context, Tape, _state
 
-_FREED = Context()   # marks a record whose saved state a backward has used and freed
+class _Freed(Context):
+    """The record after a backward used it and freed its saved state (one instance, which
+    copies and pickles keep)."""
+
+    def __reduce__(self):
+        return "_FREED"
+
+
+_FREED = _Freed()
 
 
 def _uses_record(impl):
