@@ -23,5 +23,5 @@ __all__ = ["Module", "Parameter", "Sequential", "Identity", "Linear", "ReLU", "L
            "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d",
            "BatchNorm2d", "Dropout", "Flatten", "Residual", "Add"]
 __all__ += ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "detach_state",
-            "SequenceMSELoss", "SequenceCrossEntropyLoss", "functional", "Context",
+            "SequenceMSELoss", "SequenceCrossEntropyLoss", "Context",
             "no_grad", "enable_grad", "inference_mode", "is_grad_enabled"]

@@ -30,7 +30,8 @@ from __future__ import annotations
 import builtins
 
 from .. import backend as B
-from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, log_softmax as _log_softmax
+from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, _implicit_softmax_dim, \
+    log_softmax as _log_softmax
 from .dropout import Dropout
 from .inputs import as_array, as_input, check_float, pair  # noqa: F401 (public helpers)
 from .parameter import Parameter
@@ -457,8 +458,9 @@ def sigmoid(input):
     return Sigmoid()(input)
 
 
-def softmax(input, dim=-1):
-    """:class:`~nnx.nn.Softmax` along ``dim``."""
+def softmax(input, dim=None):
+    """:class:`~nnx.nn.Softmax` along ``dim`` (``None``: PyTorch's implicit choice, with its
+    warning)."""
     return Softmax(dim)(input)
 
 
@@ -482,8 +484,10 @@ class _LogSoftmax(Function):
         return dy - p * dy.sum(axis=ctx.dim, keepdims=True), None
 
 
-def log_softmax(input, dim=-1):
-    """``x - logsumexp(x)`` along ``dim``."""
+def log_softmax(input, dim=None):
+    """``x - logsumexp(x)`` along ``dim`` (``None``: as :func:`softmax`)."""
+    if dim is None:
+        dim = _implicit_softmax_dim(input.ndim)
     return _LogSoftmax.apply(input, dim)
 
 
