@@ -203,6 +203,8 @@ def machine(backend) -> dict:
     if backend.name == "cpu":
         from nnx.backend import native
         info["cpu_kernels"] = native.describe()      # C kernels or the NumPy fallback
+        from nnx.backend import cpu_memory
+        info["cpu_malloc"] = cpu_memory.describe()   # freed memory kept for reuse or not
     if backend.name == "cuda":
         import cupy
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Backend
-from . import cpu_conv, cpu_direct, cpu_rnn
+from . import cpu_conv, cpu_direct, cpu_memory, cpu_rnn
 from .cpu_parallel import parallel_chunks
 
 
@@ -14,6 +14,7 @@ class NumpyBackend(Backend):
 
     def __init__(self):
         self._rng = np.random.default_rng(0)
+        cpu_memory.keep_freed_memory()   # steps reuse freed activations instead of faulting
 
     # ---------------------------------------------------------------- arrays
     def asarray(self, x, dtype=None):
