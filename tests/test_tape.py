@@ -113,6 +113,10 @@ def test_second_backward_raises_unless_retained(rng, make):
         np.testing.assert_array_equal(p.grad, 2 * once[n], err_msg=n)
     with pytest.raises(RuntimeError, match="freed"):
         m.backward(dy)
+    with nnx.no_grad():                        # records nothing: the error says why
+        m(x)
+    with pytest.raises(RuntimeError, match="freed.*no_grad"):
+        m.backward(dy)
 
 
 def test_copies_keep_the_used_record_marker(rng):

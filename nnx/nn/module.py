@@ -179,9 +179,10 @@ class Module:
         if ctx is None:
             raise RuntimeError(f"{name} called before forward: no call of the module is "
                                "recorded (calls under nnx.no_grad() record nothing)")
-        raise RuntimeError(f"{name}: the recorded call's saved state was freed by a previous "
-                           "backward; call the module again, or pass retain_graph=True to "
-                           "the first backward")
+        raise RuntimeError(f"{name}: the last recorded call's saved state was freed by a "
+                           "previous backward (calls made since under nnx.no_grad() record "
+                           "nothing); call the module again with gradients enabled, or pass "
+                           "retain_graph=True to the first backward")
 
     def backward(self, *grads, input_grad: bool = True, retain_graph: bool = False):
         """Backward of a composite through the calls its last ``forward`` recorded.
