@@ -81,9 +81,15 @@ def evaluate_checkpoint(path, dataset: str | None = None, data_dir=None,
     model = models.get(spec["name"], **spec.get("kwargs", {}))
     load(path, model=model)
     ds = get_dataset(dataset or extra.get("dataset", "cifar10"), data_dir, download=download)
-    if ds.num_classes != spec.get("kwargs", {}).get("num_classes", ds.num_classes):
-        raise ValueError(f"the checkpoint's model predicts {spec['kwargs']['num_classes']} "
-                         f"classes but {ds.name} has {ds.num_classes}")
+    kwargs = spec.get("kwargs", {})
+    wanted = {"in_channels": ds.in_channels, "image_size": ds.image_size,
+              "num_classes": ds.num_classes}
+    wrong = [f"{k} {kwargs[k]} (the data set has {v})" for k, v in wanted.items()
+             if k in kwargs and kwargs[k] != v]
+    if wrong:
+        raise ValueError(f"the checkpoint's model was trained on "
+                         f"{extra.get('dataset', 'another data set')} and does not fit "
+                         f"{ds.name}: {', '.join(wrong)}")
     norm = extra.get("normalize") or {"mean": ds.mean, "std": ds.std}
     result = evaluate_model(model, ds.x_test, ds.y_test, ds.num_classes, batch_size,
                             Normalize(norm["mean"], norm["std"]))
@@ -91,6 +97,7 @@ def evaluate_checkpoint(path, dataset: str | None = None, data_dir=None,
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .train_options import _AT_LEAST_1
     p = argparse.ArgumentParser(prog="nnx-eval", description="Accuracy, per-class F1 and "
                                 "confusion matrix of an nnx-train checkpoint on a test set.")
     p.add_argument("--checkpoint", required=True, help="checkpoint.npz written by nnx-train")
@@ -98,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data set (default: the one the checkpoint was trained on)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="CIFAR-10 directory or archive (default: $NNX_DATA or ~/.cache/nnx)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--backend", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download CIFAR-10 when it is not cached (default: on)")
+    p.add_argument("--batch-size", type=_AT_LEAST_1, default=256,
+                   help="images per forward pass (default: 256)")
+    p.add_argument("--backend", choices=("cpu", "cuda"), default=None,
+                   help="compute backend (default: $NNX_BACKEND or cpu)")
     return p
 
 
@@ -113,7 +124,7 @@ def main(argv=None):
         if args.backend:
             B.use(args.backend)
         result, classes = evaluate_checkpoint(args.checkpoint, args.dataset, args.data,
-                                              args.batch_size)
+                                              args.batch_size, download=args.download)
     except (DataError, CheckpointError, ValueError, B.BackendUnavailableError) as exc:
         print(f"nnx-eval: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

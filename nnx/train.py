@@ -16,14 +16,18 @@ the log with whole lines only; ``--resume`` continues from the last checkpoint.
 
 Resuming (``--resume``) restores the settings saved in the checkpoint (model, data set,
 optimizer, schedule, batch size, seed, augmentation, ...), then the model, optimizer,
-scheduler, data-loader position and RNG states, and continues with the next step.  On the
-``cpu`` backend an interrupted and resumed run therefore ends with bit-identical weights to
-an uninterrupted one (on ``cuda`` too, if the backend can save its generator state;
-otherwise the augmentation generator is re-seeded from the position and the run continues
-correctly but not bit-identically).  ``--epochs`` may be raised on resume: the schedule is rebuilt for the
-new length and continued at the saved step (exact for ``--schedule none|step`` with
-``--warmup-epochs`` done; a cosine curve changes from that point; ``onecycle`` cannot be
-extended).
+scheduler, data-loader position and RNG states, and continues with the next step.  A setting
+given on the command line must repeat the saved one (anything else is an error: the run
+would silently not be what was asked for); see :mod:`nnx.train_options`.  On the ``cpu``
+backend an interrupted and resumed run therefore ends with bit-identical weights to an
+uninterrupted one (on ``cuda`` too, if the backend can save its generator state; otherwise
+the augmentation generator is re-seeded from the position and the run continues correctly
+but not bit-identically).  ``--resume --epochs N`` extends a run to ``N`` epochs, exactly as
+if it had been planned for ``N`` with ``--schedule none`` or ``step`` (the step size is fixed
+when the run starts); ``cosine`` and ``onecycle`` runs are refused, since their curve depends
+on the planned length.  Resuming a finished run says so and trains nothing.  A fresh run
+refuses an ``--out`` that holds a previous run's checkpoint or best model unless
+``--overwrite`` is given.
 
 Ctrl-C: the first one lets the current step finish, then saves ``checkpoint.npz`` with the
 state after that step (mid-epoch: the loader position and the partial epoch statistics are
@@ -38,7 +42,6 @@ left intact.  If CIFAR-10 is neither cached nor downloadable, the tool explains 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import signal
@@ -49,77 +52,16 @@ from pathlib import Path
 
 from . import backend as B
 from .atomic_files import atomic_open
-
-_RESUMABLE_SETTINGS = ("model", "dataset", "batch_size", "optimizer", "lr", "momentum",
-                       "weight_decay", "nesterov", "schedule", "warmup_epochs", "step_size",
-                       "gamma", "augment", "seed", "max_steps_per_epoch", "label_smoothing",
-                       "epochs")
-_DEFAULT_EPOCHS = {"cifar10": 30, "digits": 10}
-_DEFAULT_BATCH = {"cifar10": 128, "digits": 32}
-_DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
-
+from .train_options import (LENGTH_BOUND_SCHEDULES, RUN_FILES, ConfigError,  # noqa: F401
+                            build_parser, out_dir, prepare_out_dir, previous_run_files,
+                            resolve_settings)
 
 class TrainingDiverged(RuntimeError):
     """The loss (or the weights) became NaN/inf."""
 
 
-class ConfigError(ValueError):
-    """Inconsistent command-line settings."""
-
-
 class TrainingInterrupted(RuntimeError):
     """Ctrl-C: a checkpoint was saved (or, on a second Ctrl-C, deliberately not)."""
-
-
-# ============================================================================ arguments
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nnx-train", description="Train an image classifier with nnx.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", choices=("simple_cnn", "resnet"), default="simple_cnn")
-    p.add_argument("--dataset", choices=("cifar10", "digits"), default="cifar10")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="CIFAR-10: a directory holding cifar-10-batches-py/ or the "
-                        ".tar.gz archive (default: $NNX_DATA or ~/.cache/nnx, downloading "
-                        "if needed)")
-    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
-                   help="download CIFAR-10 when it is not cached")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="default: 30 for cifar10, 10 for digits")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="default: 128 for cifar10, 32 for digits")
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 0.05 for sgd, 1e-3 for adam/adamw)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=("none", "step", "cosine", "onecycle"),
-                   default="cosine", help="learning-rate schedule, updated every step")
-    p.add_argument("--warmup-epochs", type=float, default=0.0,
-                   help="linear warm-up length (onecycle: its rising phase)")
-    p.add_argument("--step-size", type=int, default=None,
-                   help="--schedule step: epochs between decays (default: epochs // 3)")
-    p.add_argument("--gamma", type=float, default=0.1, help="--schedule step: decay factor")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop (padding 4, or 1 for digits) and, for cifar10, "
-                        "horizontal flip (default: on for cifar10, off for digits)")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--backend", choices=("cpu", "cuda"), default=None,
-                   help="default: $NNX_BACKEND or cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output directory (default: runs/DATASET-MODEL)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint.npz with its saved settings")
-    p.add_argument("--eval-only", action="store_true",
-                   help="evaluate OUT/checkpoint.npz (accuracy, per-class F1, confusion "
-                        "matrix) and exit")
-    p.add_argument("--plot", action="store_true", help="write OUT/curves.png (matplotlib)")
-    p.add_argument("--max-steps-per-epoch", type=int, default=None,
-                   help="cut every epoch after this many steps (quick runs)")
-    p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
-                   help="auto: a tqdm bar on a terminal when tqdm is installed, else lines")
-    return p
 
 
 # ============================================================================ building blocks
@@ -299,30 +241,19 @@ def plot_curves(log_path, png_path) -> bool:
 
 
 # ============================================================================ training
-def _config(args, saved: dict | None) -> dict:
-    """The run's settings: from the command line, or (resume) from the checkpoint."""
-    cfg = {k: getattr(args, k) for k in _RESUMABLE_SETTINGS}
-    if saved is not None:
-        requested_epochs = args.epochs
-        cfg.update({k: saved[k] for k in _RESUMABLE_SETTINGS if k in saved})
-        if requested_epochs is not None and requested_epochs != cfg["epochs"]:
-            if requested_epochs < cfg["epochs"] or cfg["schedule"] == "onecycle":
-                raise ConfigError(f"--epochs {requested_epochs}: the checkpoint was planned "
-                                 f"for {cfg['epochs']} epochs; a resumed run can only be "
-                                 "extended, and not with --schedule onecycle")
-            cfg["epochs"] = requested_epochs
-        return cfg
-    if cfg["epochs"] is None:
-        cfg["epochs"] = _DEFAULT_EPOCHS[cfg["dataset"]]
-    if cfg["batch_size"] is None:
-        cfg["batch_size"] = _DEFAULT_BATCH[cfg["dataset"]]
-    if cfg["lr"] is None:
-        cfg["lr"] = _DEFAULT_LR[cfg["optimizer"]]
-    if cfg["augment"] is None:
-        cfg["augment"] = cfg["dataset"] == "cifar10"
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 1:
-        raise ConfigError("--epochs and --batch-size must be at least 1")
-    return cfg
+def _nothing_to_do(out: Path, cfg: dict, ck: dict, plot: bool) -> dict:
+    """``--resume`` of a run that already finished: say so, train nothing."""
+    done = ck["epochs_done"]
+    how = (f"pass --epochs N (N > {done}) to train further"
+           if cfg["schedule"] not in LENGTH_BOUND_SCHEDULES else
+           f"its {cfg['schedule']} schedule cannot be extended; start a new run with more "
+           "--epochs to train longer")
+    print(f"nothing to do: the run in {out} finished its {done} epochs (test acc "
+          f"{ck.get('test_acc', float('nan')):.4f}, best {ck['best_acc']:.4f}); {how}", flush=True)
+    if plot:
+        plot_curves(out / "log.jsonl", out / "curves.png")
+    return {"test_acc": ck.get("test_acc", float("nan")), "best_acc": ck["best_acc"],
+            "history": read_log(out / "log.jsonl"), "out": str(out), "model": None}
 
 
 def train(args) -> dict:
@@ -335,12 +266,9 @@ def train(args) -> dict:
     from .evaluate import format_report, predict
     from .nn import CrossEntropyLoss
 
-    out = Path(args.out or f"runs/{args.dataset}-{args.model}")
+    out = out_dir(args)
     ckpt_path = out / "checkpoint.npz"
     log_path = out / "log.jsonl"
-    if args.backend:
-        B.use(args.backend)
-    be = B.get()
 
     ck = None
     if args.resume or args.eval_only:
@@ -355,14 +283,31 @@ def train(args) -> dict:
             raise CheckpointError(f"--resume: {ckpt_path} was not written by nnx-train (no "
                                   "saved settings); it cannot be resumed")
     if args.eval_only:
+        saved = {"dataset": ck.get("dataset"),
+                 "model": (ck.get("model_spec") or {}).get("name"), **ck.get("settings", {})}
+        resolve_settings(args, saved)     # the command line may only repeat the run's settings
+        if args.backend:
+            B.use(args.backend)
         from .evaluate import evaluate_checkpoint
         result, classes = evaluate_checkpoint(ckpt_path, None, args.data,
-                                              download=args.download)
+                                              download=args.download is not False)
         print(format_report(result, classes))
         return {"test_acc": result["accuracy"], "eval": result}
 
-    cfg = _config(args, ck["settings"] if ck else None)
-    ds = get_dataset(cfg["dataset"], args.data, download=args.download)
+    cfg = resolve_settings(args, ck["settings"] if ck else None,
+                           ck["epochs_done"] if ck else 0)
+    if ck and ck["epochs_done"] >= cfg["epochs"] and not ck["partial"]:
+        return _nothing_to_do(out, cfg, ck, args.plot)
+    prepare_out_dir(out)
+    previous = [] if ck else previous_run_files(out)
+    if previous and not args.overwrite:
+        raise ConfigError(f"--out {out} holds a previous run ({', '.join(previous)}); a "
+                          "fresh run would replace these files: pass --resume to continue "
+                          "it, --overwrite to start over, or choose another --out")
+    if args.backend:
+        B.use(args.backend)
+    be = B.get()
+    ds = get_dataset(cfg["dataset"], args.data, download=args.download is not False)
     nnx.manual_seed(cfg["seed"])
     model_kwargs = {"in_channels": ds.in_channels, "num_classes": ds.num_classes,
                     "image_size": ds.image_size}
@@ -378,7 +323,6 @@ def train(args) -> dict:
     criterion = CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
 
     start_epoch, best_acc, partial, history = 0, 0.0, None, []
-    out.mkdir(parents=True, exist_ok=True)
     if ck:
         fixed = {k: getattr(scheduler, k) for k in ("total_steps",) if hasattr(scheduler, k)}
         state = load(ckpt_path, model=model, optimizer=optimizer, restore_rng=True)
@@ -397,11 +341,11 @@ def train(args) -> dict:
                  else f"epoch {start_epoch + 1}")
         print(f"resuming {ckpt_path} at {where}", flush=True)
     else:
-        if log_path.exists():
-            log_path.unlink()
-        if ckpt_path.exists():
-            print(f"note: starting a fresh run in {out} (use --resume to continue the "
-                  "saved one)", file=sys.stderr)
+        if previous:
+            print(f"--overwrite: deleting the previous run in {out} ({', '.join(previous)})",
+                  flush=True)
+        for name in RUN_FILES:   # a log without checkpoint: a run killed in its first epoch
+            (out / name).unlink(missing_ok=True)
 
     meta = {"model_spec": {"name": cfg["model"], "kwargs": model_kwargs},
             "dataset": cfg["dataset"], "classes": list(ds.classes),
@@ -410,6 +354,8 @@ def train(args) -> dict:
           f"({len(ds.x_train)} train / {len(ds.x_test)} test images), backend {be.name}, "
           f"{cfg['epochs']} epochs of {steps_per_epoch} steps, batch {cfg['batch_size']}, "
           f"{cfg['optimizer']} lr {cfg['lr']}, schedule {cfg['schedule']}", flush=True)
+    print(f"writing {ckpt_path} (every epoch), {out / 'best.npz'} (best test accuracy) "
+          f"and the log {log_path}", flush=True)
 
     def checkpoint(epochs_done, partial_state, test_acc):
         save(ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -497,6 +443,8 @@ def train(args) -> dict:
                     f"interrupted after epoch {epoch + 1}; saved {ckpt_path}. Continue with: "
                     f"nnx-train --out {out} --resume")
 
+    print(f"finished {cfg['epochs']} epochs: test acc {test_acc:.4f}, best {best_acc:.4f}; "
+          f"saved {ckpt_path}, {out / 'best.npz'}, {log_path}", flush=True)
     if args.plot:
         plot_curves(log_path, out / "curves.png")
     return {"test_acc": test_acc, "best_acc": best_acc, "history": history, "out": str(out),
@@ -509,10 +457,13 @@ def main(argv=None):
     Errors exit with status 2 (data/checkpoint/usage), 3 (divergence) or 130 (Ctrl-C)."""
     from .checkpoint import CheckpointError
     from .data.errors import DataError
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         result = train(args)
-    except (DataError, CheckpointError, ConfigError, B.BackendUnavailableError) as exc:
+    except ConfigError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")   # as parser.error, less the usage
+    except (DataError, CheckpointError, B.BackendUnavailableError) as exc:
         print(f"nnx-train: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except TrainingDiverged as exc:
