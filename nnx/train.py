@@ -56,6 +56,7 @@ from .train_options import (LENGTH_BOUND_SCHEDULES, RUN_FILES, ConfigError,  # n
                             build_parser, out_dir, prepare_out_dir, previous_run_files,
                             resolve_settings)
 
+
 class TrainingDiverged(RuntimeError):
     """The loss (or the weights) became NaN/inf."""
 
