@@ -13,6 +13,7 @@ from .container import Identity, Sequential
 from .linear import Linear
 from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from .module import Module
+from .module_list import ModuleDict, ModuleList
 from .parameter import Parameter
 from .tape import Context, enable_grad, inference_mode, is_grad_enabled, no_grad
 from . import functional
@@ -21,7 +22,7 @@ __all__ = ["Module", "Parameter", "Sequential", "Identity", "Linear", "ReLU", "L
            "Sigmoid", "Tanh", "Arctan", "Softmax", "MSELoss", "L1Loss", "BCELoss",
            "BCEWithLogitsLoss", "CrossEntropyLoss",
            "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm1d",
-           "BatchNorm2d", "Dropout", "Flatten", "Residual", "Add"]
+           "BatchNorm2d", "Dropout", "Flatten", "Residual", "Add", "ModuleList", "ModuleDict"]
 __all__ += ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "detach_state",
             "SequenceMSELoss", "SequenceCrossEntropyLoss", "Context",
             "no_grad", "enable_grad", "inference_mode", "is_grad_enabled"]

@@ -79,6 +79,8 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "ctx", None)   # the current call's Context (or record)
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -93,15 +95,29 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                "before assigning attributes")
+        if name in self._parameters and value is not None and not isinstance(value, Parameter):
+            # PyTorch's rule: a plain array would silently leave parameters() and state_dict()
+            raise TypeError(f"cannot assign {_typename(value)!r} as parameter {name!r} "
+                            f"(nnx.nn.Parameter or None expected); wrap it: "
+                            f"module.{name} = nnx.nn.Parameter(array)")
+        if name in self._modules and value is not None and not isinstance(value, Module):
+            raise TypeError(f"cannot assign {_typename(value)!r} as child module {name!r} "
+                            "(nnx.nn.Module or None expected)")
         is_buffer = name in self._buffers and not isinstance(value, (Parameter, Module))
-        for table in (self._parameters, self._modules, self._buffers):
-            table.pop(name, None)
+        keep_param_slot = name in self._parameters and value is None
         if is_buffer:  # reassigning a buffer (e.g. `self.running_mean *= m`) keeps it one
-            self._buffers[name] = True
-        elif isinstance(value, Parameter):
-            self._parameters[name] = value
+            target, entry = self._buffers, True
+        elif isinstance(value, Parameter) or keep_param_slot:
+            target, entry = self._parameters, value    # None stays a (skipped) slot
         elif isinstance(value, Module):
-            self._modules[name] = value
+            target, entry = self._modules, value
+        else:
+            target = entry = None
+        for table in (self._parameters, self._modules, self._buffers):
+            if table is not target:
+                table.pop(name, None)
+        if target is not None:   # a reassigned name keeps its place (state_dict order)
+            target[name] = entry
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name: str, value) -> None:
@@ -109,8 +125,51 @@ class Module:
         object.__setattr__(self, name, value)
         self._buffers[name] = True
 
+    def __delattr__(self, name):
+        for table in (self._parameters, self._modules, self._buffers):
+            table.pop(name, None)
+        object.__delattr__(self, name)
+
     def add_module(self, name: str, module: "Module") -> None:
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"module name must be a non-empty string without '.', got {name!r}")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
         setattr(self, name, module)
+
+    # ------------------------------------------------------------------ hooks
+    def register_forward_pre_hook(self, hook) -> "RemovableHandle":
+        """Call ``hook(module, args)`` before every ``forward``; a non-``None`` result
+        replaces the positional arguments (a tuple, or one value)."""
+        return RemovableHandle(self.__dict__["_forward_pre_hooks"], hook)
+
+    def register_forward_hook(self, hook) -> "RemovableHandle":
+        """Call ``hook(module, args, output)`` after every ``forward``; a non-``None``
+        result replaces the output.  In a composite the hook runs while the module's tape
+        records, so ``nnx.nn.functional`` operations in it are differentiated (plain array
+        arithmetic is not, as in ``forward``).  A layer with a hand-written backward cannot
+        differentiate a replaced output: that raises unless gradients are disabled."""
+        return RemovableHandle(self.__dict__["_forward_hooks"], hook)
+
+    def _run_pre_hooks(self, args):
+        for hook in list(self._forward_pre_hooks.values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        return args
+
+    def _run_forward_hooks(self, args, out):
+        for hook in list(self._forward_hooks.values()):
+            result = hook(self, args, out)
+            if result is not None and result is not out:
+                if self._hand_written and _state.grad_enabled:
+                    raise RuntimeError(
+                        f"a forward hook of {type(self).__name__} returned a new output, but "
+                        f"its hand-written backward differentiates only its own forward; "
+                        f"return None (observe only), run under nnx.no_grad(), or wrap the "
+                        f"layer in a composite module and change the output there")
+                out = result
+        return out
 
     # ------------------------------------------------------------------ calling
     def __call__(self, *args, **kwargs):
@@ -121,15 +180,19 @@ class Module:
         is dropped.  A composite records its own tape meanwhile; a hand-written layer's
         inner calls are top level (its own backward is in charge of them), and their
         records are kept in its context too (see :mod:`nnx.nn.tape`)."""
+        d = self.__dict__
+        if d.get("_forward_pre_hooks"):
+            args = self._run_pre_hooks(args)
         if self._parameters:
             self._check_backend()
         st = _state
-        d = self.__dict__
         prev = d["ctx"]
         ctx = d["ctx"] = Context()
+        hooks = d.get("_forward_hooks")
         if not st.grad_enabled:
             try:
-                return self.forward(*args, **kwargs)
+                out = self.forward(*args, **kwargs)
+                return self._run_forward_hooks(args, out) if hooks else out
             finally:
                 d["ctx"] = prev
         outer, owner = st.tape, st.owner
@@ -140,6 +203,8 @@ class Module:
             st.owner = None
         try:
             out = self.forward(*args, **kwargs)
+            if hooks:       # (on this module's tape, for a composite)
+                out = self._run_forward_hooks(args, out)
         except BaseException:
             d["ctx"] = prev
             raise
@@ -228,34 +293,93 @@ class Module:
         return None
 
     # ------------------------------------------------------------------ traversal
+    # As in PyTorch, every iterator lists a module, parameter or buffer reached twice (a
+    # shared layer, tied weights ``b.weight = a.weight``) once, under its first name, so an
+    # optimizer steps it once and ``num_parameters`` counts it once; ``state_dict`` keeps
+    # every name (``remove_duplicate=False``).
     def children(self):
-        return iter(self._modules.values())
+        for _, m in self.named_children():
+            yield m
 
     def named_children(self):
-        return iter(self._modules.items())
+        seen = set()
+        for name, m in self._modules.items():
+            if id(m) not in seen:
+                seen.add(id(m))
+                yield name, m
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name,
+                                           remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(self, prefix=""):
-        for mod_name, mod in self.named_modules(prefix):
-            for name, p in mod._parameters.items():
-                yield (f"{mod_name}.{name}" if mod_name else name), p
+    def _named_members(self, members, prefix, recurse, remove_duplicate):
+        """``(name, value)`` for ``members(module)`` of this module (and its descendants
+        when ``recurse``), skipping ``None`` slots and, with ``remove_duplicate``, values
+        already listed (by identity)."""
+        mods = (self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+                if recurse else [(prefix, self)])
+        seen = set()
+        for mod_name, mod in mods:
+            for name, value in members(mod):
+                if value is None or (remove_duplicate and id(value) in seen):
+                    continue
+                seen.add(id(value))
+                yield (f"{mod_name}.{name}" if mod_name else name), value
 
-    def parameters(self):
-        for _, p in self.named_parameters():
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True):
+        return self._named_members(lambda m: m._parameters.items(), prefix, recurse,
+                                   remove_duplicate)
+
+    def parameters(self, recurse: bool = True):
+        for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix=""):
-        for mod_name, mod in self.named_modules(prefix):
-            for name in mod._buffers:
-                yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True):
+        return self._named_members(lambda m: ((n, getattr(m, n)) for n in m._buffers),
+                                   prefix, recurse, remove_duplicate)
+
+    def buffers(self, recurse: bool = True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def get_submodule(self, target: str) -> "Module":
+        """The submodule at dotted path ``target`` (``""`` is ``self``), e.g.
+        ``model.get_submodule("layer1.0.conv1")``."""
+        mod = self
+        for item in target.split(".") if target else ():
+            if item not in mod._modules:
+                raise AttributeError(f"{type(mod).__name__} has no attribute `{item}`")
+            mod = mod._modules[item]
+        return mod
+
+    def apply(self, fn) -> "Module":
+        """Call ``fn(m)`` on every submodule (children first) and on ``self``; returns
+        ``self`` (e.g. ``model.apply(init_weights)``)."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Set ``requires_grad`` of every parameter: a frozen parameter accumulates no
+        gradient, so its ``grad`` stays ``None`` and optimizers skip it."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters()))
@@ -282,20 +406,23 @@ class Module:
         order: module by module, each module's parameters and then its buffers."""
         be = B.get()
         out = OrderedDict()
-        for mod_name, mod in self.named_modules():
+        for mod_name, mod in self.named_modules(remove_duplicate=False):
             prefix = f"{mod_name}." if mod_name else ""
             for name, p in mod._parameters.items():
+                if p is None:
+                    continue
                 out[prefix + name] = np.array(be.to_numpy(p.data), copy=True)
             for name in mod._buffers:
-                out[prefix + name] = np.array(be.to_numpy(getattr(mod, name)), copy=True)
+                if getattr(mod, name) is not None:
+                    out[prefix + name] = np.array(be.to_numpy(getattr(mod, name)), copy=True)
         return out
 
     def load_state_dict(self, state, strict: bool = True):
         """Copy arrays (NumPy, CuPy or anything ``np.asarray`` accepts, e.g. a PyTorch
         state_dict converted with ``.numpy()``) into this module on the active backend."""
         be = B.get()
-        own = OrderedDict(self.named_parameters())
-        buffers = OrderedDict(self._buffer_owners())
+        own = OrderedDict(self.named_parameters(remove_duplicate=False))
+        buffers = OrderedDict(self._buffer_owners(remove_duplicate=False))
         expected = list(own) + list(buffers)
         missing = [k for k in expected if k not in state]
         unexpected = [k for k in state if k not in own and k not in buffers]
@@ -319,10 +446,11 @@ class Module:
                 object.__setattr__(mod, name, be.asarray(value.astype(cur.dtype, copy=False)))
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
-    def _buffer_owners(self):
-        for mod_name, mod in self.named_modules():
+    def _buffer_owners(self, remove_duplicate=True):
+        for mod_name, mod in self.named_modules(remove_duplicate=remove_duplicate):
             for name in mod._buffers:
-                yield (f"{mod_name}.{name}" if mod_name else name), (mod, name)
+                if getattr(mod, name) is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), (mod, name)
 
     def to(self, backend=None, dtype=None):
         """Move parameters and buffers to ``backend`` (a name or Backend) and/or cast them to
@@ -359,6 +487,33 @@ class Module:
                 lines.append(f"\n  ({name}): {child_repr}")
             lines.append("\n")
         return "".join(lines) + ")"
+
+
+class RemovableHandle:
+    """Returned by ``register_forward_hook``/``register_forward_pre_hook``: ``remove()``
+    unregisters the hook (also on leaving a ``with`` block)."""
+    _next_id = 0
+
+    def __init__(self, hooks, hook):
+        self.id = RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+        self._hooks = hooks
+        hooks[self.id] = hook
+
+    def remove(self) -> None:
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+
+def _typename(value) -> str:
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
 def _host_array(x) -> np.ndarray:

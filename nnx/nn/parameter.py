@@ -27,6 +27,11 @@ class Parameter:
     def size(self):
         return self.data.size
 
+    def requires_grad_(self, requires_grad: bool = True) -> "Parameter":
+        """Freeze (``False``) or unfreeze: a frozen parameter accumulates no gradient."""
+        self.requires_grad = bool(requires_grad)
+        return self
+
     def accumulate(self, g) -> None:
         """Add ``g`` to ``grad`` (allocating it on first use)."""
         if not self.requires_grad:
