@@ -18,3 +18,15 @@ __all__ = ["backend", "nn", "init", "manual_seed", "gradcheck", "GradcheckError"
            "get_default_dtype", "set_default_dtype", "__version__"]
 __all__ += ["optim", "metrics", "save", "load", "CheckpointError"]
 __all__ += ["no_grad", "enable_grad", "inference_mode", "is_grad_enabled"]
+__all__ += ["data", "models", "summary", "Summary"]
+
+_LAZY = ("data", "models")
+
+
+def __getattr__(name):
+    """``nnx.data`` and ``nnx.models`` are imported on first use (``nnx.data`` alone costs
+    ~0.1 s, paid only by scripts that load data through nnx)."""
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'nnx' has no attribute {name!r}")
