@@ -63,10 +63,11 @@ class Summary:
     """Result of :func:`summary`: ``rows`` (name, layer type, output shape, parameter count,
     receptive field), ``total_params``, ``trainable_params``; ``str()`` gives a table."""
 
-    def __init__(self, model, input_shape, rows):
+    def __init__(self, model, input_shape, rows, receptive_fields=True):
         self.model_name = type(model).__name__
         self.input_shape = tuple(input_shape)
         self.rows = rows
+        self.receptive_fields = receptive_fields     # False: no column (not a conv chain)
         self.total_params = int(sum(p.size for p in model.parameters()))
         self.trainable_params = int(sum(p.size for p in model.parameters() if p.requires_grad))
 
@@ -81,6 +82,8 @@ class Summary:
         header = ("Layer (type)", "Output shape", "Param #", "Receptive field")
         body = [(f"{r.name} ({r.layer})", str(r.output_shape), f"{r.params:,}",
                  "global" if r.rf is None else str(r.rf)) for r in self.rows]
+        if not self.receptive_fields:
+            header, body = header[:3], [b[:3] for b in body]
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
                   for i, h in enumerate(header)]
         line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
@@ -164,36 +167,116 @@ def _shape_after(m, shape):
     return tuple(shape)
 
 
-def summary(model, input_shape, dtype=None):
-    """Summarise ``model`` for inputs of ``input_shape`` (``(C, H, W)`` or with a batch
-    axis ``(N, C, H, W)``; batch 1 when omitted).  Runs one forward pass in eval mode under
-    ``no_grad`` on a random normal input (no zeros, so ReLU masks are typical) and restores
-    the training flags; BatchNorm running statistics are untouched.  Returns a :class:`Summary`."""
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) in (1, 3):
-        input_shape = (1,) + input_shape
+def _shape_of(out):
+    """Shape of an output, or the nested tuple of shapes of a tuple output (an LSTM's
+    ``(output, (h_n, c_n))``)."""
+    if isinstance(out, (tuple, list)):
+        return tuple(_shape_of(o) for o in out)
+    return None if out is None else tuple(int(s) for s in out.shape)
+
+
+def _example_input(model, input_shape, dtype):
+    """The input to run: ``input_shape`` itself when it is an array, else a random normal
+    array of that shape (a batch of 1 added to ``(F,)``, and to ``(C, H, W)`` for a model
+    with 2-d layers)."""
     be = B.get()
-    params = list(model.parameters())
+    if hasattr(input_shape, "shape") and hasattr(input_shape, "dtype"):
+        x = be.asarray(input_shape)
+        return x, tuple(int(s) for s in x.shape)
+    shape = tuple(int(s) for s in input_shape)
+    images = any(type(m).__name__.endswith("2d") for m in model.modules())
+    if len(shape) == 1 or (len(shape) == 3 and images):
+        shape = (1,) + shape
     if dtype is None:
-        dtype = params[0].data.dtype if params else np.float32
-    x = be.asarray(np.random.default_rng(0).standard_normal(input_shape).astype(dtype))
+        p = next(model.parameters(), None)
+        dtype = p.data.dtype if p is not None else np.float32
+    return be.asarray(np.random.default_rng(0).standard_normal(shape).astype(dtype)), shape
+
+
+def _sequential_rows(model, x, spatial):
+    """One row per unit of a Sequential (see :func:`_units`), run unit by unit, with
+    receptive fields for image inputs."""
+    from .nn.container import raise_not_one_array
+    rf = ReceptiveField((1, 1), (1, 1), (0.0, 0.0)) if spatial else None
+    shape = tuple(x.shape)
+    rows, prev = [], None
+    for name, unit in _units(model):
+        if isinstance(x, (tuple, list)) and prev is not None:
+            try:
+                y = unit(x)
+            except (TypeError, ValueError, AttributeError) as e:
+                raise_not_one_array(*prev, name, unit, x, e)
+        else:
+            y = unit(x)
+        out_shape = _shape_of(y)
+        rf = _rf_through(unit, rf, shape)
+        rows.append(Row(name, type(unit).__name__, out_shape,
+                        int(sum(p.size for p in unit.parameters())), rf))
+        x, shape, prev = y, out_shape, (name, unit)
+    return rows
+
+
+def _leaves(module, prefix, seen):
+    """Modules that get a row in a custom model's breakdown: layers with a hand-written
+    backward and modules without children (not looked into), and composites that own
+    parameters directly; each module once."""
+    if id(module) in seen:
+        return
+    seen.add(id(module))
+    name = prefix or type(module).__name__
+    if module._hand_written or not module._modules:
+        yield name, module, True
+        return
+    if next(module.parameters(recurse=False), None) is not None:
+        yield name, module, False
+    for child_name, child in module.named_children():
+        yield from _leaves(child, f"{prefix}.{child_name}" if prefix else child_name, seen)
+
+
+def _hooked_rows(model, x):
+    """One row per call of each leaf (in call order) of a model's single forward pass,
+    observed with forward hooks; a module called again shows its parameters once."""
+    calls, handles = [], []
+    try:
+        for name, mod, whole in _leaves(model, "", set()):
+            def hook(m, args, out, name=name, whole=whole):
+                calls.append((name, m, whole, _shape_of(out)))
+            handles.append(mod.register_forward_hook(hook))
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    rows, counted = [], set()
+    for name, mod, whole, shape in calls:
+        params = 0 if id(mod) in counted else sum(p.size for p in mod.parameters(recurse=whole))
+        counted.add(id(mod))
+        rows.append(Row(name, type(mod).__name__, shape, int(params), None))
+    return rows
+
+
+def summary(model, input_shape, dtype=None):
+    """Summarise ``model`` for inputs of ``input_shape``: an image shape ``(C, H, W)`` (batch
+    1 added for a model with 2-d layers) or ``(N, C, H, W)``, any other full input shape
+    (e.g. a batch-first LSTM's ``(N, T, F)``; ``(F,)`` gets a batch of 1), or an input
+    array itself.  Runs one forward pass in eval mode under ``no_grad`` on a random normal
+    input (no zeros, so ReLU masks are typical) and restores the training flags; BatchNorm
+    running statistics are untouched.
+
+    A ``Sequential`` is run unit by unit (nested Sequentials expanded), with receptive
+    fields for image inputs; any other module is run whole and broken down by submodule,
+    one row per call of each layer.  Returns a :class:`Summary`."""
+    x, input_shape = _example_input(model, input_shape, dtype)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
-    rows = []
+    sequential = _is_sequential(model) and len(model)
     spatial = len(input_shape) == 4
-    rf = ReceptiveField((1, 1), (1, 1), (0.0, 0.0)) if spatial else None
-    shape = input_shape
     try:
-        for name, unit in _units(model):
-            with no_grad():
-                y = unit(x)
-            out_shape = tuple(int(s) for s in y.shape)
-            rf = _rf_through(unit, rf, shape)
-            rows.append(Row(name, type(unit).__name__, out_shape,
-                            int(sum(p.size for p in unit.parameters())),
-                            rf))
-            x, shape = y, out_shape
+        with no_grad():
+            if sequential:
+                rows = _sequential_rows(model, x, spatial)
+            else:
+                rows = _hooked_rows(model, x)
     finally:
         for m, flag in modes:
             object.__setattr__(m, "training", flag)
-    return Summary(model, input_shape, rows)
+    return Summary(model, input_shape, rows, receptive_fields=bool(sequential and spatial))

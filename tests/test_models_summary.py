@@ -1,5 +1,7 @@
 """Reference CNN (268,650 parameters), its summary and receptive fields, the small ResNet,
 and loading a PyTorch state_dict."""
+import subprocess
+import sys
 from collections import OrderedDict
 
 import numpy as np
@@ -9,6 +11,7 @@ import nnx
 from layer_harness import check_layer
 from nnx import models
 from nnx.nn import CrossEntropyLoss
+from nnx.nn import functional as F
 
 
 def test_simple_cnn_parameter_count_matches_seeds(backend):
@@ -113,3 +116,87 @@ def test_simple_cnn_loads_torch_state_dict(backend, rng):
     for name, p in ref.named_parameters():
         np.testing.assert_allclose(backend.to_numpy(grads[name].grad), p.grad.numpy(),
                                    atol=1e-5, rtol=1e-4, err_msg=name)
+
+
+# ------------------------------------------------------------------ any module
+class _SeqClassifier(nnx.nn.Module):
+    """A batch-first LSTM whose last step feeds a Linear (a custom module)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nnx.nn.LSTM(4, 8, batch_first=True)
+        self.fc = nnx.nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(F.select(out, 1, -1))
+
+
+def test_summary_breaks_custom_module_down_on_sequence_input(backend):
+    m = _SeqClassifier()
+    s = nnx.summary(m, (2, 5, 4))                  # (N, T, F): no batch axis added
+    assert s.input_shape == (2, 5, 4)
+    assert [(r.name, r.layer) for r in s.rows] == [("rnn", "LSTM"), ("fc", "Linear")]
+    assert s["rnn"].output_shape == ((2, 5, 8), ((1, 2, 8), (1, 2, 8)))
+    assert s["fc"].output_shape == (2, 3)
+    # 4·(8·4 + 8·8 + 8 + 8) LSTM weights and biases, 8·3 + 3 for the Linear
+    assert [r.params for r in s.rows] == [448, 27] and s.total_params == m.num_parameters()
+    text = str(s)
+    assert "Receptive field" not in text and "((2, 5, 8), ((1, 2, 8), (1, 2, 8)))" in text
+
+
+def test_summary_of_custom_image_module_counts_shared_and_own_parameters(backend):
+    class Net(nnx.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nnx.nn.Sequential(nnx.nn.Conv2d(3, 4, 3), nnx.nn.ReLU())
+            self.head = nnx.nn.Linear(4, 4)
+            self.scale = nnx.nn.Parameter(np.ones(4, dtype=np.float32))
+
+        def forward(self, x):
+            h = F.mean(self.features(x), dim=(2, 3))
+            return self.head(self.head(h))          # one layer called twice
+
+    s = nnx.summary(Net(), (3, 8, 8))               # (C, H, W): batch of 1 added
+    assert s.input_shape == (1, 3, 8, 8)
+    assert [r.name for r in s.rows] == ["features.0", "features.1", "head", "head", "Net"]
+    assert [r.output_shape for r in s.rows] == [(1, 4, 6, 6), (1, 4, 6, 6), (1, 4), (1, 4),
+                                                (1, 4)]
+    assert [r.params for r in s.rows] == [112, 0, 20, 0, 4]   # the repeat counts 0
+    assert sum(r.params for r in s.rows) == s.total_params == 136
+
+
+def test_summary_accepts_an_input_array(backend, rng):
+    x = backend.asarray(rng.standard_normal((3, 6)).astype(np.float32))
+    s = nnx.summary(nnx.nn.Sequential(nnx.nn.Linear(6, 2)), x)
+    assert s.input_shape == (3, 6) and s.rows[0].output_shape == (3, 2)
+
+
+@pytest.mark.parametrize("via_summary", [False, True])
+def test_lstm_inside_sequential_names_the_problem(backend, rng, via_summary):
+    m = nnx.nn.Sequential(nnx.nn.LSTM(4, 8, batch_first=True), nnx.nn.Linear(8, 2))
+    x = backend.asarray(rng.standard_normal((2, 5, 4)).astype(np.float32))
+    with pytest.raises(TypeError, match=r"Sequential passes one array from layer to layer.*"
+                                        r"'0' \(LSTM\) returns \(output, \(h_n, c_n\)\)"):
+        nnx.summary(m, (2, 5, 4)) if via_summary else m(x)
+
+
+def test_sequential_still_passes_a_tuple_to_a_layer_that_takes_one(backend, rng):
+    class Pick(nnx.nn.Module):
+        def forward(self, pair):
+            return pair[0]
+
+    m = nnx.nn.Sequential(nnx.nn.LSTM(4, 8, batch_first=True), Pick(), nnx.nn.Linear(8, 2))
+    x = backend.asarray(rng.standard_normal((2, 5, 4)).astype(np.float32))
+    assert m(x).shape == (2, 5, 2)
+
+
+def test_data_and_models_are_attributes_after_import_nnx():
+    code = ("import sys, nnx; lazy = 'nnx.data' not in sys.modules; "
+            "print(lazy, nnx.data.DataLoader.__name__, nnx.models.get('simple_cnn').__class__"
+            ".__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "DataLoader", "SimpleCNN"]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nnx.nope

@@ -51,9 +51,35 @@ class Sequential(Module):
         return mods
 
     def forward(self, x):
+        prev = None
         for m in self._execution_order():
-            x = m(x)
+            if isinstance(x, (tuple, list)) and prev is not None:
+                try:            # (a layer written to take the tuple is fine)
+                    x = m(x)
+                except (TypeError, ValueError, AttributeError) as e:
+                    names = {id(c): n for n, c in self.named_children()}
+                    raise_not_one_array(names[id(prev)], prev, names[id(m)], m, x, e)
+            else:
+                x = m(x)
+            prev = m
         return x
+
+
+# what the recurrent layers return (PyTorch's structures)
+_RETURNS = {"LSTM": "(output, (h_n, c_n))", "RNN": "(output, h_n)", "GRU": "(output, h_n)"}
+
+
+def raise_not_one_array(name, layer, next_name, next_layer, out, cause=None):
+    """Sequential feeds each layer's result to the next as one array; a layer returning a
+    tuple (a recurrent layer's ``(output, state)``) would otherwise reach the next layer
+    as a ragged NumPy conversion error."""
+    kind = type(layer).__name__
+    what = _RETURNS.get(kind, f"a {type(out).__name__} of {len(out)}")
+    raise TypeError(
+        f"Sequential passes one array from layer to layer, but layer {name!r} ({kind}) "
+        f"returns {what}, which layer {next_name!r} ({type(next_layer).__name__}) cannot "
+        f"take; use a custom Module whose forward unpacks it, e.g. "
+        f"`out, _ = self.rnn(x); return self.fc(out[:, -1])`") from cause
 
 
 class Identity(Module):
