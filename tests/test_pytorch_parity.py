@@ -1,7 +1,7 @@
 """Names that follow PyTorch behave like PyTorch: each public class or function that carries a
 PyTorch name is compared with its torch counterpart (PyTorch 2.13 CPU as the oracle, float64,
 fresh random data, several steps).  Deliberate differences are listed in the README section
-"Differences from PyTorch" and tested where they are defined."""
+"Coming from PyTorch" and tested where they are defined."""
 from __future__ import annotations
 
 import importlib.util
