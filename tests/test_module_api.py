@@ -167,6 +167,17 @@ def test_forward_hook_replacing_a_composite_output_is_differentiated(rng):
     assert not m._forward_hooks
 
 
+def test_pre_hook_inside_a_composite_is_differentiated(rng):
+    m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)).double()
+    m[1].register_forward_pre_hook(lambda mod, args: F.tanh(args[0]))
+    x = rng.standard_normal((4, 3))
+    y = m(x)
+    h = np.tanh(m[0](x))
+    np.testing.assert_allclose(y, h @ m[1].weight.data.T + m[1].bias.data, rtol=1e-12,
+                               atol=1e-12)          # float64, 3-term dot products
+    nnx.gradcheck(m, (x,))                           # the tanh is on Sequential's tape
+
+
 def test_forward_hook_replacing_a_hand_written_output_raises(rng):
     lin = nn.Linear(3, 2)
     lin.register_forward_hook(lambda mod, args, out: out * 2)

@@ -140,7 +140,10 @@ class Module:
     # ------------------------------------------------------------------ hooks
     def register_forward_pre_hook(self, hook) -> "RemovableHandle":
         """Call ``hook(module, args)`` before every ``forward``; a non-``None`` result
-        replaces the positional arguments (a tuple, or one value)."""
+        replaces the positional arguments (a tuple, or one value).  The hook runs on the
+        enclosing composite's tape, so ``nnx.nn.functional`` operations in it are
+        differentiated there; for a top-level call, ``backward`` returns the gradient of
+        the arguments as the hook returned them."""
         return RemovableHandle(self.__dict__["_forward_pre_hooks"], hook)
 
     def register_forward_hook(self, hook) -> "RemovableHandle":
