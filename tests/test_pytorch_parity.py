@@ -116,7 +116,13 @@ def _public_pairs():
               for n in ("clip_grad_norm_", "clip_grad_value_")]
     pairs += [(f"lr_scheduler.{n}", getattr(lr_scheduler, n),
                getattr(torch.optim.lr_scheduler, n))
-              for n in ("LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "OneCycleLR")]
+              for n in ("LRScheduler", "StepLR", "CosineAnnealingLR", "LinearLR", "OneCycleLR",
+                        "MultiStepLR", "ExponentialLR", "LambdaLR", "SequentialLR",
+                        "CosineAnnealingWarmRestarts", "ReduceLROnPlateau")]
+    from nnx import data as nnx_data
+    import torch.utils.data as tdata
+    pairs += [(f"data.{n}", getattr(nnx_data, n), getattr(tdata, n))
+              for n in ("DataLoader", "Dataset", "TensorDataset", "Subset", "default_collate")]
     pairs += [(f"init.{n}", getattr(init, n), getattr(torch.nn.init, n))
               for n in ("calculate_gain", "uniform_", "normal_", "constant_", "zeros_", "ones_",
                         "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",

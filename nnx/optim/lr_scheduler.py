@@ -10,10 +10,18 @@ a second scheduler on the same optimizer, or a manual edit of ``group["lr"]``, d
 carry over.  Constructing with ``last_epoch=k`` continues the schedule at ``k + 1`` (PyTorch
 2.13's CosineAnnealingLR and LinearLR leave their schedule then); resuming through
 ``state_dict``/``load_state_dict`` is exact in both.
+
+To run schedules one after another (warm-up, then cosine), use :class:`SequentialLR`: each
+child scheduler runs on its own step count, starting from 0 at its milestone, so a
+``LinearLR`` warm-up followed by ``CosineAnnealingLR`` anneals from the full lr as PyTorch's
+``SequentialLR`` does.  :class:`ReduceLROnPlateau` is the one scheduler that is not a function
+of the step: like PyTorch's, it multiplies the group's current ``lr`` by ``factor``.
 """
 from __future__ import annotations
 
 import math
+import types
+from bisect import bisect_right
 
 from .optimizer import Optimizer
 
@@ -233,3 +241,225 @@ def _per_group(value, n, name):
             raise ValueError(f"expected {n} values for {name}, got {len(value)}")
         return [float(v) for v in value]
     return [float(value)] * n
+
+
+class MultiStepLR(LRScheduler):
+    """``lr_t = base_lr · gamma^m(t)``, ``m(t)`` = the number of milestones ``<= t`` (a
+    milestone listed twice counts twice, as in PyTorch)."""
+
+    def __init__(self, optimizer, milestones, gamma: float = 0.1, last_epoch: int = -1):
+        ms = [int(m) for m in milestones]
+        if any(m < 0 for m in ms):
+            raise ValueError(f"milestones must be non-negative integers, got {ms}")
+        self.milestones, self.gamma = sorted(ms), float(gamma)
+        super().__init__(optimizer, last_epoch)
+
+    def _lr_at(self, base_lr, t, i):
+        return base_lr * self.gamma ** bisect_right(self.milestones, t)
+
+
+class ExponentialLR(LRScheduler):
+    """``lr_t = base_lr · gamma^t``."""
+
+    def __init__(self, optimizer, gamma: float, last_epoch: int = -1):
+        self.gamma = float(gamma)
+        super().__init__(optimizer, last_epoch)
+
+    def _lr_at(self, base_lr, t, i):
+        return base_lr * self.gamma ** t
+
+
+class LambdaLR(LRScheduler):
+    """``lr_t = base_lr · lr_lambda(t)`` (one function, or one per param group).
+    ``state_dict`` keeps the attributes of callable objects, not functions (as PyTorch)."""
+
+    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
+        n = len(optimizer.param_groups)
+        fns = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * n
+        if len(fns) != n:
+            raise ValueError(f"Expected {n} lr_lambdas, but got {len(fns)}")
+        if not all(callable(f) for f in fns):
+            raise TypeError("lr_lambda must be a callable or a list of callables")
+        self.lr_lambdas = fns
+        super().__init__(optimizer, last_epoch)
+
+    def _lr_at(self, base_lr, t, i):
+        return base_lr * float(self.lr_lambdas[i](t))
+
+    def state_dict(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "lr_lambdas")}
+        state["lr_lambdas"] = [None if isinstance(f, types.FunctionType) else dict(f.__dict__)
+                               for f in self.lr_lambdas]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        saved = state.pop("lr_lambdas", None) or []
+        super().load_state_dict(state)
+        for fn, attrs in zip(self.lr_lambdas, saved):
+            if attrs is not None:
+                fn.__dict__.update(attrs)
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """SGDR (Loshchilov & Hutter): ``lr = eta_min + (base_lr - eta_min)(1 + cos(π T_cur /
+    T_i))/2``, where ``T_cur`` counts the steps since the last restart and the cycles last
+    ``T_0, T_0·T_mult, T_0·T_mult², ...`` steps.  ``step(epoch)`` with a fractional epoch
+    (``epoch + i / iters`` per batch) works as in PyTorch."""
+
+    def __init__(self, optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
+                 last_epoch: int = -1):
+        if not isinstance(T_0, int) or T_0 <= 0:
+            raise ValueError(f"Expected positive integer T_0, but got {T_0}")
+        if not isinstance(T_mult, int) or T_mult < 1:
+            raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
+        self.T_0, self.T_mult, self.eta_min = T_0, T_mult, float(eta_min)
+        self.fraction = 0.0            # set by step(epoch) with a fractional epoch
+        super().__init__(optimizer, last_epoch)
+
+    def _cycle(self, t):
+        """``(T_cur, T_i)`` at (possibly fractional) step ``t``."""
+        T_0, m = self.T_0, self.T_mult
+        if t < T_0:
+            return t, T_0
+        if m == 1:
+            return t % T_0, T_0
+        if float(t).is_integer():          # exact integer walk (PyTorch's step() path)
+            t_cur, t_i = int(t), T_0
+            while t_cur >= t_i:
+                t_cur, t_i = t_cur - t_i, t_i * m
+            return t_cur, t_i
+        n = int(math.log(t / T_0 * (m - 1) + 1, m))       # PyTorch's step(epoch) path
+        return t - T_0 * (m ** n - 1) / (m - 1), T_0 * m ** n
+
+    def _lr_at(self, base_lr, t, i):
+        t_cur, t_i = self._cycle(t + self.fraction)
+        return self.eta_min + (base_lr - self.eta_min) * (
+            1 + math.cos(math.pi * t_cur / t_i)) / 2
+
+    def step(self, epoch=None) -> None:
+        """Advance one step, or jump to (fractional) ``epoch``."""
+        if epoch is not None:
+            if epoch < 0:
+                raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+            self.fraction = float(epoch) - math.floor(epoch)
+            self.last_epoch = math.floor(epoch) - 1
+        super().step()
+
+
+class SequentialLR(LRScheduler):
+    """Run ``schedulers[0]`` until ``milestones[0]``, then ``schedulers[1]``, ...: at step
+    ``t`` with ``milestones[k-1] <= t < milestones[k]`` the lr is that of ``schedulers[k]`` at
+    its own step ``t - milestones[k-1]``, so each schedule starts from its beginning at its
+    milestone (a ``LinearLR`` warm-up then ``CosineAnnealingLR`` anneals from the full lr).
+    ``state_dict`` holds the children's states."""
+
+    def __init__(self, optimizer, schedulers, milestones, last_epoch: int = -1):
+        schedulers, milestones = list(schedulers), [int(m) for m in milestones]
+        if not schedulers:
+            raise ValueError("SequentialLR expects at least one scheduler, but got none")
+        for k, s in enumerate(schedulers):
+            if isinstance(s, ReduceLROnPlateau):
+                raise ValueError("SequentialLR does not support ReduceLROnPlateau (its step "
+                                 f"needs a metric); got one at index {k}")
+            if not isinstance(s, LRScheduler):
+                raise TypeError(f"SequentialLR: schedulers[{k}] is a {type(s).__name__}, not "
+                                "an nnx LRScheduler")
+            if s.optimizer is not optimizer:
+                raise ValueError(f"SequentialLR expects all schedulers to belong to the same "
+                                 f"optimizer, but schedulers[{k}] ({type(s).__name__}) has "
+                                 "another one")
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError(f"SequentialLR expects one milestone fewer than schedulers, got "
+                             f"{len(schedulers)} schedulers and {len(milestones)} milestones")
+        if milestones != sorted(milestones):
+            raise ValueError(f"SequentialLR: milestones must be increasing, got {milestones}")
+        self._schedulers, self._milestones = schedulers, milestones
+        super().__init__(optimizer, last_epoch)
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        t = self.last_epoch
+        k = bisect_right(self._milestones, t)
+        child = self._schedulers[k]
+        child.last_epoch = t - (self._milestones[k - 1] if k else 0) - 1
+        child.step()                  # closed form: writes the lr of its own step count
+        self._last_lr = child.get_last_lr()
+
+    def state_dict(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("optimizer", "_schedulers")}
+        state["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        children = state.pop("_schedulers")
+        super().load_state_dict(state)
+        for s, sd in zip(self._schedulers, children):
+            s.load_state_dict(sd)
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """Divide the lr when a metric stops improving (PyTorch's ``ReduceLROnPlateau``).
+
+    ``step(metric)`` once per evaluation.  The metric improves when it is below ``best ·
+    (1 - threshold)`` (``mode="min"``, ``threshold_mode="rel"``), below ``best - threshold``
+    (``"abs"``), or above ``best · (1 + threshold)`` / ``best + threshold`` (``mode="max"``).
+    After more than ``patience`` steps without improvement every group's lr becomes
+    ``max(lr · factor, min_lr)`` (skipped when that changes it by less than ``eps``), and
+    the next ``cooldown`` steps count no bad epochs.  Unlike the other schedulers this one
+    scales the group's current ``lr``."""
+
+    def __init__(self, optimizer, mode: str = "min", factor: float = 0.1, patience: int = 10,
+                 threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0,
+                 min_lr=0, eps: float = 1e-8):
+        if factor >= 1.0:
+            raise ValueError(f"Factor should be < 1.0, got {factor}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not an nnx Optimizer")
+        self.optimizer = optimizer
+        self.min_lrs = _per_group(min_lr, len(optimizer.param_groups), "min_lr")
+        self.mode, self.factor, self.patience = mode, float(factor), int(patience)
+        self.threshold, self.threshold_mode = float(threshold), threshold_mode
+        self.cooldown, self.eps = int(cooldown), float(eps)
+        self.mode_worse = math.inf if mode == "min" else -math.inf
+        self.best, self.num_bad_epochs, self.cooldown_counter = self.mode_worse, 0, 0
+        self.last_epoch = 0
+        self._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+    def _is_better(self, a: float) -> bool:
+        if self.mode == "min":
+            bar = self.best * (1 - self.threshold) if self.threshold_mode == "rel" \
+                else self.best - self.threshold
+            return a < bar
+        bar = self.best * (1 + self.threshold) if self.threshold_mode == "rel" \
+            else self.best + self.threshold
+        return a > bar
+
+    @property
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def step(self, metrics) -> None:          # noqa: D401  (PyTorch's argument name)
+        """Record one value of the monitored metric."""
+        current = float(metrics)
+        self.last_epoch += 1
+        if self._is_better(current):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.in_cooldown:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            for g, floor in zip(self.optimizer.param_groups, self.min_lrs):
+                new_lr = max(float(g["lr"]) * self.factor, floor)
+                if float(g["lr"]) - new_lr > self.eps:
+                    g["lr"] = new_lr
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
