@@ -71,7 +71,7 @@ def train(optimizer="sgd", epochs=150, seed=0, verbose=True, lr=None, beta=0.9,
         epoch_loss = total / len(x)
         if verbose and (epoch % 10 == 0 or epoch == 1):
             print(f"[{optimizer}] Epoch {epoch}/{epochs}, Loss: {epoch_loss:.4f}")
-    acc = nnx.metrics.accuracy(model(xa), y)
+    acc = nnx.metrics.accuracy(y, model(xa))
     return epoch_loss, acc
 
 

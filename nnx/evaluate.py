@@ -39,7 +39,7 @@ def evaluate_model(model, x, y, num_classes: int, batch_size: int = 256,
     from . import metrics
     pred = predict(model, x, batch_size, transform)
     y = np.asarray(y, np.int64)
-    return {"accuracy": metrics.accuracy(pred, y),
+    return {"accuracy": metrics.accuracy(y, pred),
             "f1_macro": metrics.f1_score(y, pred, num_classes=num_classes),
             "f1_per_class": metrics.f1_score(y, pred, num_classes=num_classes, average=None),
             "confusion_matrix": metrics.confusion_matrix(y, pred, num_classes=num_classes),
