@@ -197,7 +197,8 @@ class _LoaderIter:
         return self
 
     def __len__(self) -> int:
-        return len(self._batches) - self.position
+        """Batches left in this pass."""
+        return 0 if self.finished else len(self._batches) - self.position
 
     def _fill(self):
         while len(self._pending) < self._depth and self._next_submit < len(self._batches):
