@@ -189,8 +189,11 @@ def test_softmax_implicit_dim_is_torch_choice(backend, rng, shape):
 
 
 def test_loss_arguments_are_keyword_only():
-    # CrossEntropyLoss(w) is a class weight in PyTorch: refuse it rather than misread it
-    for cls in (nn.CrossEntropyLoss, nn.BCELoss, nn.BCEWithLogitsLoss, nn.MSELoss, nn.L1Loss):
+    # PyTorch's first positional slot holds other things (BCELoss(weight), MSELoss(
+    # size_average)): refuse it rather than misread it.  CrossEntropyLoss(w) and NLLLoss(w)
+    # take the class weight there, as PyTorch.
+    for cls in (nn.BCELoss, nn.BCEWithLogitsLoss, nn.MSELoss, nn.L1Loss, nn.HuberLoss,
+                nn.SmoothL1Loss, nn.KLDivLoss):
         with pytest.raises(TypeError, match="positional"):
             cls(np.ones(3))
     with pytest.raises(TypeError, match="positional"):

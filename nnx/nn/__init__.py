@@ -11,7 +11,8 @@ from .sequence_loss import SequenceCrossEntropyLoss, SequenceMSELoss
 from .activation import Arctan, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .container import Identity, Sequential
 from .linear import Linear
-from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
+from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, \
+    MSELoss, NLLLoss, SmoothL1Loss
 from .module import Module
 from .module_list import ModuleDict, ModuleList
 from .parameter import Parameter
@@ -26,3 +27,4 @@ __all__ = ["Module", "Parameter", "Sequential", "Identity", "Linear", "ReLU", "L
 __all__ += ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "detach_state",
             "SequenceMSELoss", "SequenceCrossEntropyLoss", "Context",
             "no_grad", "enable_grad", "inference_mode", "is_grad_enabled"]
+__all__ += ["NLLLoss", "HuberLoss", "SmoothL1Loss", "KLDivLoss"]
