@@ -66,19 +66,19 @@ def assert_within(got, want, bound, err_msg: str = "") -> None:
 def network_reductions(model, batch: int, positions: int) -> tuple[int, int]:
     """``(n_max, depth)`` of the sums in one forward + backward of ``model``.
 
-    Each ``Conv2d`` and ``Linear`` sums ``fan_in`` terms forward and ``fan_out`` terms for
+    Each convolution (``Conv2d``, ``Conv1d``, ``ConvTranspose2d``) and ``Linear`` sums ``fan_in`` terms forward and ``fan_out`` terms for
     ``dL/dx``; its weight gradient sums over the batch and the output positions, at most
     ``batch * positions`` (``positions``: the largest spatial size of any activation, the
     input's for networks that never upsample).  ``depth`` counts two reductions (forward and
     backward) per such layer, plus two for the loss's sums over classes and batch.
     """
-    from nnx.nn import Conv2d, Linear
+    from nnx.nn import Conv2d, ConvTranspose2d, Linear
     n_max, depth = 1, 2
     for m in model.modules():
-        if isinstance(m, Conv2d):
-            kh, kw = m.kernel_size
-            fan_in = m.in_channels // m.groups * kh * kw
-            fan_out = m.out_channels // m.groups * kh * kw
+        if isinstance(m, (Conv2d, ConvTranspose2d)):   # (Conv1d is a Conv2d)
+            taps = int(np.prod(m.kernel_size))
+            fan_in = m.in_channels // m.groups * taps
+            fan_out = m.out_channels // m.groups * taps
         elif isinstance(m, Linear):
             fan_in, fan_out = m.in_features, m.out_features
         else:

@@ -2,11 +2,13 @@
 (in ``self.ctx``, the call's own context)."""
 from __future__ import annotations
 
+import math
 import warnings
 
 from .. import backend as B
 from .inputs import as_array, check_float
 from .module import Module
+from .special import normal_cdf
 
 
 class _Activation(Module):
@@ -122,6 +124,73 @@ class Softmax(_Activation):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class LogSoftmax(_Activation):
+    """``y_i = x_i - log Σ_j e^{x_j}`` along ``dim`` (with the max subtracted);
+    ``dL/dx = dL/dy - softmax(x) Σ_j dL/dy_j``.  Followed by ``NLLLoss`` it is
+    ``CrossEntropyLoss``.  ``dim=None``: PyTorch's implicit choice, as :class:`Softmax`."""
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        x = self._input(x)
+        dim = self.ctx.dim = self.dim if self.dim is not None else _implicit_softmax_dim(x.ndim)
+        y = self.ctx.y = log_softmax(x, dim)
+        return y
+
+    def backward(self, dy):
+        y = self.ctx.y
+        return dy - B.get().xp.exp(y) * dy.sum(axis=self.ctx.dim, keepdims=True)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+class GELU(_Activation):
+    r"""Gaussian error linear unit (PyTorch's GELU).  ``approximate="none"`` (exact)::
+
+        y = x Φ(x),   Φ(x) = ½ (1 + erf(x/√2))       dy/dx = Φ(x) + x φ(x),  φ = e^{-x²/2}/√(2π)
+
+    ``approximate="tanh"``, with ``u = √(2/π) (x + 0.044715 x³)`` and ``t = tanh(u)``::
+
+        y = ½ x (1 + t)                               dy/dx = ½ (1 + t) + ½ x (1 - t²) du/dx
+
+    The exact form evaluates ``Φ`` with :func:`nnx.nn.special.normal_cdf` (NumPy has no
+    ``erf``)."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        self.ctx.x = x = self._input(x)
+        xp = B.get().xp
+        if self.approximate == "tanh":
+            t = self.ctx.t = xp.tanh(_GELU_C * (x + 0.044715 * x * x * x))
+            return 0.5 * x * (1 + t)
+        cdf = self.ctx.cdf = normal_cdf(x)
+        return x * cdf
+
+    def backward(self, dy):
+        x = self.ctx.x
+        xp = B.get().xp
+        if self.approximate == "tanh":
+            t = self.ctx.t
+            du = _GELU_C * (1 + 3 * 0.044715 * x * x)
+            return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+        pdf = xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+        return dy * (self.ctx.cdf + x * pdf)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
 
 
 def _implicit_softmax_dim(ndim: int) -> int:

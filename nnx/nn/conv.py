@@ -72,11 +72,18 @@ class Conv2d(Module):
         else:
             self.bias = None
 
+    def _geometry(self):
+        """``(kernel_size, stride, padding, dilation)`` as pairs (Conv1d: unit height)."""
+        return self.kernel_size, self.stride, self.padding, self.dilation
+
+    def _weight4(self):
+        """The weight as ``(O, C/g, KH, KW)`` (Conv1d: a view with a unit height)."""
+        return self.weight.data
+
     def output_shape(self, input_shape):
         """``(N, O, OH, OW)`` for an input of shape ``(N, C, H, W)``."""
         n, _, h, w = input_shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
-                                                  self.dilation)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self._geometry()
         return (n, self.out_channels, out_size(h, kh, sh, ph, dh), out_size(w, kw, sw, pw, dw))
 
     def _check(self, x):
@@ -86,11 +93,11 @@ class Conv2d(Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d expects {self.in_channels} input channels, got "
                              f"{x.shape[1]} (input shape {tuple(x.shape)})")
-        _, _, oh, ow = self.output_shape(x.shape)
+        _, _, oh, ow = Conv2d.output_shape(self, x.shape)
         if oh < 1 or ow < 1:
-            (kh, kw), (dh, dw), (ph, pw) = self.kernel_size, self.dilation, self.padding
+            (kh, kw), _, (ph, pw), (dh, dw) = self._geometry()
             raise ValueError(
-                f"Conv2d: kernel {kh}x{kw} (dilation {dh}x{dw}, effective "
+                f"{type(self).__name__}: kernel {kh}x{kw} (dilation {dh}x{dw}, effective "
                 f"{dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}) is larger than the padded input "
                 f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw}")
 
@@ -98,8 +105,8 @@ class Conv2d(Module):
         x = as_input(x, self.weight.data.dtype, "Conv2d")
         self._check(x)
         bias = None if self.bias is None else self.bias.data
-        y, saved = B.get().conv2d_forward(x, self.weight.data, bias, self.stride, self.padding,
-                                          self.dilation, self.groups)
+        y, saved = B.get().conv2d_forward(x, self._weight4(), bias, *self._geometry()[1:],
+                                          self.groups)
         self.ctx.saved, self.ctx.x_shape = saved, tuple(x.shape)
         return y
 
@@ -113,27 +120,87 @@ class Conv2d(Module):
 
     def _backward(self, dy, need_dx):
         saved, x_shape = self.ctx.saved, self.ctx.x_shape
-        expected = self.output_shape(x_shape)
+        expected = Conv2d.output_shape(self, x_shape)
         if tuple(dy.shape) != tuple(expected):
             raise ValueError(f"Conv2d.backward: dy has shape {tuple(dy.shape)}, expected "
                              f"{tuple(expected)} (the output of its forward)")
-        dx, dw, db = B.get().conv2d_backward(dy, saved, self.weight.data, self.bias is not None,
-                                             need_dx, self.stride, self.padding, self.dilation,
-                                             self.groups)
+        dx, dw, db = B.get().conv2d_backward(dy, saved, self._weight4(), self.bias is not None,
+                                             need_dx, *self._geometry()[1:], self.groups)
         if db is not None:
             self.bias.accumulate(db)
-        self.weight.accumulate(dw)
+        self.weight.accumulate(dw.reshape(self.weight.data.shape))
         return dx
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
-        if self.padding != (0, 0):
+        if any(self.padding):
             s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
+        if set(self.dilation) != {1}:
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
         return s
+
+
+def _single(v, name: str) -> int:
+    """An int or a 1-sequence as an int (Conv1d's kernel size, stride, ...)."""
+    if isinstance(v, int):
+        return v
+    t = tuple(int(a) for a in v)
+    if len(t) != 1:
+        raise ValueError(f"{name} must be an int or a 1-tuple, got {v!r}")
+    return t[0]
+
+
+class Conv1d(Conv2d):
+    r"""Cross-correlation of ``x (N, C, L)`` with ``W (O, C/g, K)`` (PyTorch's Conv1d)::
+
+        y[n,o,l] = b[o] + Σ_{c∈group(o), k} W[o,c,k] · xpad[n, c, l·s + k·d]
+        L_out = (L + 2·p - d·(K-1) - 1) // s + 1
+
+    It *is* :class:`Conv2d` on ``x`` viewed as ``(N, C, 1, L)`` with a ``(1, K)`` kernel
+    (stride ``(1, s)``, padding ``(0, p)``, dilation ``(1, d)``): the same backend
+    arithmetic, gradients (``dL/dW``, ``dL/db``, ``dL/dx``: Conv2d's, with the unit height
+    dropped) and initialisation (``fan_in = (C/g)·K``).  The attributes ``kernel_size``,
+    ``stride``, ``padding``, ``dilation`` are 1-tuples and ``weight`` is ``(O, C/g, K)``, as
+    PyTorch's, so state dicts move between the two."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, dtype=None):
+        k, s = _single(kernel_size, "kernel_size"), _single(stride, "stride")
+        p, d = _single(padding, "padding"), _single(dilation, "dilation")
+        super().__init__(in_channels, out_channels, (1, k), (1, s), (0, p), (1, d), groups,
+                         bias, dtype)
+        self.weight = Parameter(self.weight.data[:, :, 0, :].copy())
+        self.kernel_size, self.stride, self.padding, self.dilation = (k,), (s,), (p,), (d,)
+
+    def _geometry(self):
+        (k,), (s,), (p,), (d,) = self.kernel_size, self.stride, self.padding, self.dilation
+        return (1, k), (1, s), (0, p), (1, d)
+
+    def _weight4(self):
+        return self.weight.data[:, :, None, :]
+
+    def output_shape(self, input_shape):
+        """``(N, O, L_out)`` for an input of shape ``(N, C, L)``."""
+        n, o, _, length = super().output_shape((input_shape[0], input_shape[1], 1,
+                                                input_shape[2]))
+        return n, o, length
+
+    def forward(self, x):
+        x = as_input(x, self.weight.data.dtype, "Conv1d")
+        if x.ndim != 3:
+            raise ValueError(f"Conv1d expects a 3-D input (N, C, L), got shape "
+                             f"{tuple(x.shape)}")
+        return super().forward(x[:, :, None, :])[:, :, 0, :]
+
+    def backward(self, dy):
+        return self._backward(dy[:, :, None, :], need_dx=True)[:, :, 0, :]
+
+    def backward_params(self, dy):
+        """Accumulate ``dL/dW`` and ``dL/db`` only (no ``dL/dx``)."""
+        self._backward(dy[:, :, None, :], need_dx=False)
+        return None

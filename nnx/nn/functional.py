@@ -19,8 +19,10 @@ arrays.  With ``δ = dL/dy`` the backward of each is::
     clone(x) = a copy of x        dx = δ
     reshape, flatten, transpose, permute    dx = δ reshaped / axes moved back
     sum(x, dim), mean(x, dim)     dx = δ broadcast back over the reduced axes (÷ n)
-    relu, leaky_relu, tanh, sigmoid, softmax, dropout: one call of the layer of that name
-    log_softmax(x) = x - logsumexp(x)       dx = δ - softmax(x) Σ δ
+    relu, leaky_relu, tanh, sigmoid, softmax, log_softmax, gelu, dropout: one call of the
+        layer of that name (equations in its docstring)
+    layer_norm(x, shape, W, b)    LayerNorm's equations; dW, db as its parameters'
+    embedding(idx, W)             y = W[idx]   dW = scatter-add of δ into the chosen rows
 
 ``Σ_bcast`` sums over the axes along which the argument was broadcast, so the gradient
 has the argument's shape.  Non-array arguments (Python numbers) receive no gradient.
@@ -30,10 +32,11 @@ from __future__ import annotations
 import builtins
 
 from .. import backend as B
-from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, _implicit_softmax_dim, \
-    log_softmax as _log_softmax
+from .activation import GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .dropout import Dropout
+from .embedding import check_indices, embedding_backward
 from .inputs import as_array, as_input, check_float, pair  # noqa: F401 (public helpers)
+from .normalization import layer_norm_backward, layer_norm_forward
 from .parameter import Parameter
 from .tape import Context, _state
 
@@ -470,28 +473,64 @@ def dropout(input, p=0.5, training=True):
     return Dropout(p).train(training)(input)
 
 
-class _LogSoftmax(Function):
+def log_softmax(input, dim=None):
+    """``x - logsumexp(x)`` along ``dim`` (:class:`~nnx.nn.LogSoftmax`; ``None``: as
+    :func:`softmax`)."""
+    return LogSoftmax(dim)(input)
+
+
+def gelu(input, approximate="none"):
+    """``x Φ(x)`` (or its tanh approximation) (:class:`~nnx.nn.GELU`)."""
+    return GELU(approximate)(input)
+
+
+class _LayerNorm(Function):
     @staticmethod
-    def forward(ctx, x, dim):
-        y = _log_softmax(check_float(x, "log_softmax"), dim)
-        ctx.y, ctx.dim = y, dim
+    def forward(ctx, x, axes, eps, w=None, b=None):
+        ctx.axes, ctx.w, ctx.has_bias = axes, w, b is not None
+        y, ctx.saved = layer_norm_forward(check_float(x, "layer_norm"), axes, eps, w, b)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        # y = x - logsumexp(x):  dx = δ - softmax(x) Σ δ,  softmax(x) = exp(y)
-        p = B.get().xp.exp(ctx.y)
-        return dy - p * dy.sum(axis=ctx.dim, keepdims=True), None
+        dx, dw, db = layer_norm_backward(dy, ctx.saved, ctx.axes, ctx.w, ctx.has_bias)
+        return dx, None, None, dw, db
 
 
-def log_softmax(input, dim=None):
-    """``x - logsumexp(x)`` along ``dim`` (``None``: as :func:`softmax`)."""
-    if dim is None:
-        dim = _implicit_softmax_dim(input.ndim)
-    return _LogSoftmax.apply(input, dim)
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """:class:`~nnx.nn.LayerNorm` over the trailing ``normalized_shape`` dimensions with
+    the given ``weight`` and ``bias`` (each optional; they receive gradients)."""
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    d = len(normalized_shape)
+    x = _data(input)
+    if x.ndim < d or tuple(x.shape[x.ndim - d:]) != tuple(normalized_shape):
+        raise ValueError(f"layer_norm: normalized_shape {tuple(normalized_shape)} does not "
+                         f"match the last dimensions of the input shape {tuple(x.shape)}")
+    return _LayerNorm.apply(input, tuple(range(x.ndim - d, x.ndim)), float(eps), weight, bias)
+
+
+class _Embedding(Function):
+    @staticmethod
+    def forward(ctx, idx, w, padding_idx):
+        ctx.idx = check_indices(idx, w.shape[0])
+        ctx.shape, ctx.padding_idx = w.shape, padding_idx
+        return w[ctx.idx]
+
+    @staticmethod
+    def backward(ctx, dy):
+        return None, embedding_backward(ctx.idx, dy, ctx.shape, ctx.padding_idx), None
+
+
+def embedding(input, weight, padding_idx=None):
+    """``weight[input]`` (:class:`~nnx.nn.Embedding`): the indices get no gradient, ``weight``
+    the scatter-added rows of ``δ`` (none for ``padding_idx``)."""
+    if padding_idx is not None:
+        padding_idx = int(padding_idx) % _data(weight).shape[0]
+    return _Embedding.apply(input, weight, padding_idx)
 
 
 __all__ = ["Function", "add", "sub", "mul", "div", "matmul", "linear", "cat", "stack",
            "split", "chunk", "narrow", "select", "clone", "reshape", "flatten", "transpose",
            "permute", "sum", "mean", "relu", "leaky_relu", "tanh", "sigmoid", "softmax",
-           "log_softmax", "dropout"]
+           "log_softmax", "dropout", "gelu", "layer_norm", "embedding"]
