@@ -63,6 +63,12 @@ def _class_kw(kw, c):
     return kw
 
 
+def _torch_class_kw(kw):
+    """The same keywords for PyTorch (the weight as a tensor)."""
+    torch = pytest.importorskip("torch")
+    return dict(kw, weight=torch.tensor(kw["weight"])) if "weight" in kw else kw
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape, kw", CLASS_CASES)
 def test_nll_harness(backend, rng, reduction, shape, kw):
@@ -91,7 +97,7 @@ def test_nll_against_torch(backend, rng, reduction, shape, kw):
     torch = pytest.importorskip("torch")
     x, y = _class_case(rng, shape, kw.get("ignore_index"))
     kw = _class_kw(kw, shape[1])
-    tkw = dict(kw, weight=torch.tensor(kw["weight"])) if "weight" in kw else kw
+    tkw = _torch_class_kw(kw)
     # sums over at most N·d rows (and the weights' sum)
     _torch_compare(backend, nn.NLLLoss(reduction=reduction, **kw),
                    torch.nn.NLLLoss(reduction=reduction, **tkw), x, y, 4 * gamma(x.size, np.float64))
@@ -105,7 +111,7 @@ def test_weighted_cross_entropy_against_torch(backend, rng, reduction, kw, shape
     torch = pytest.importorskip("torch")
     x, y = _class_case(rng, shape, kw.get("ignore_index"))
     kw = _class_kw(kw, shape[1])
-    tkw = dict(kw, weight=torch.tensor(kw["weight"])) if "weight" in kw else kw
+    tkw = _torch_class_kw(kw)
     # log-sum-exp over C classes, the class-weighted sums over C, the sums over N·d rows
     _torch_compare(backend, nn.CrossEntropyLoss(reduction=reduction, **kw),
                    torch.nn.CrossEntropyLoss(reduction=reduction, **tkw), x * 3, y,

@@ -100,7 +100,27 @@ class Arctan(_Activation):
         return dy / (1 + x * x)
 
 
-class Softmax(_Activation):
+class _AlongDim(_Activation):
+    """A normalisation along ``dim`` (``None``: PyTorch's implicit choice, with its warning);
+    ``forward`` saves the output ``y`` and the axis used."""
+
+    _fn = None   # the function of (x, dim)
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        x = self._input(x)
+        dim = self.ctx.dim = self.dim if self.dim is not None else _implicit_softmax_dim(x.ndim)
+        y = self.ctx.y = type(self)._fn(x, dim)
+        return y
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Softmax(_AlongDim):
     """``y_i = e^{x_i} / Σ_j e^{x_j}`` along ``dim`` (computed with the max subtracted);
     ``dL/dx = y ⊙ (dL/dy - Σ_j y_j dL/dy_j)``.  For classification prefer
     ``CrossEntropyLoss`` on logits, which fuses this with the loss.
@@ -108,45 +128,23 @@ class Softmax(_Activation):
     ``dim=None`` is PyTorch's deprecated implicit choice, with its warning: axis 0 for 0-, 1-
     and 3-D inputs, axis 1 otherwise.  Pass ``dim`` explicitly."""
 
-    def __init__(self, dim: int | None = None):
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x):
-        x = self._input(x)
-        dim = self.ctx.dim = self.dim if self.dim is not None else _implicit_softmax_dim(x.ndim)
-        y = self.ctx.y = softmax(x, dim)
-        return y
+    _fn = staticmethod(lambda x, dim: softmax(x, dim))
 
     def backward(self, dy):
         y = self.ctx.y
         return y * (dy - (dy * y).sum(axis=self.ctx.dim, keepdims=True))
 
-    def extra_repr(self):
-        return f"dim={self.dim}"
 
-
-class LogSoftmax(_Activation):
+class LogSoftmax(_AlongDim):
     """``y_i = x_i - log Σ_j e^{x_j}`` along ``dim`` (with the max subtracted);
-    ``dL/dx = dL/dy - softmax(x) Σ_j dL/dy_j``.  Followed by ``NLLLoss`` it is
-    ``CrossEntropyLoss``.  ``dim=None``: PyTorch's implicit choice, as :class:`Softmax`."""
+    ``dL/dx = dL/dy - softmax(x) Σ_j dL/dy_j``, ``softmax(x) = e^y``.  Followed by
+    ``NLLLoss`` it is ``CrossEntropyLoss``.  ``dim=None``: as :class:`Softmax`."""
 
-    def __init__(self, dim: int | None = None):
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x):
-        x = self._input(x)
-        dim = self.ctx.dim = self.dim if self.dim is not None else _implicit_softmax_dim(x.ndim)
-        y = self.ctx.y = log_softmax(x, dim)
-        return y
+    _fn = staticmethod(lambda x, dim: log_softmax(x, dim))
 
     def backward(self, dy):
         y = self.ctx.y
         return dy - B.get().xp.exp(y) * dy.sum(axis=self.ctx.dim, keepdims=True)
-
-    def extra_repr(self):
-        return f"dim={self.dim}"
 
 
 _GELU_C = math.sqrt(2 / math.pi)

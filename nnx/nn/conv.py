@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import backend as B
 from .. import dtypes, init
 from ..backend.base import out_size
@@ -43,34 +45,11 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, dtype=None):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
-        self.groups = int(groups)
-        if self.groups < 1:
-            raise ValueError(f"groups must be positive, got {groups}")
-        for name, n in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
-            if n % self.groups:
-                raise ValueError(f"Conv2d: {name}={n} is not divisible by groups={self.groups}")
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1:
-            raise ValueError("Conv2d: kernel_size, stride and dilation must be positive")
-        if min(self.padding) < 0:
-            raise ValueError(f"Conv2d: padding must be non-negative, got {self.padding}")
-        xp = B.get().xp
-        dt = dtypes.resolve(dtype)
+        _set_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                      groups)
         kh, kw = self.kernel_size
-        self.weight = Parameter(xp.empty((self.out_channels, self.in_channels // self.groups,
-                                          kh, kw), dtype=dt))
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if bias:
-            fan_in = (self.in_channels // self.groups) * kh * kw
-            self.bias = Parameter(xp.empty((self.out_channels,), dtype=dt))
-            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            init.uniform_(self.bias, -bound, bound)
-        else:
-            self.bias = None
+        _init_parameters(self, (self.out_channels, self.in_channels // self.groups, kh, kw),
+                         bias, dtype)
 
     def _geometry(self):
         """``(kernel_size, stride, padding, dilation)`` as pairs (Conv1d: unit height)."""
@@ -132,17 +111,59 @@ class Conv2d(Module):
         return dx
 
     def extra_repr(self):
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
-        if any(self.padding):
-            s += f", padding={self.padding}"
-        if set(self.dilation) != {1}:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+        return _conv_repr(self)
+
+
+def _set_geometry(m, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                  groups):
+    """Validate and set a 2-D convolution's channels and geometry (each as a pair)."""
+    name = type(m).__name__
+    m.in_channels, m.out_channels = int(in_channels), int(out_channels)
+    m.kernel_size = _pair(kernel_size, "kernel_size")
+    m.stride = _pair(stride, "stride")
+    m.padding = _pair(padding, "padding")
+    m.dilation = _pair(dilation, "dilation")
+    m.groups = int(groups)
+    if m.groups < 1:
+        raise ValueError(f"groups must be positive, got {groups}")
+    for what, n in (("in_channels", m.in_channels), ("out_channels", m.out_channels)):
+        if n % m.groups:
+            raise ValueError(f"{name}: {what}={n} is not divisible by groups={m.groups}")
+    if min(m.kernel_size) < 1 or min(m.stride) < 1 or min(m.dilation) < 1:
+        raise ValueError(f"{name}: kernel_size, stride and dilation must be positive")
+    if min(m.padding) < 0:
+        raise ValueError(f"{name}: padding must be non-negative, got {m.padding}")
+
+
+def _init_parameters(m, weight_shape, bias, dtype):
+    """PyTorch's initialisation: kaiming_uniform(a=√5) for the weight, ``U(±1/√fan_in)``
+    for the bias, ``fan_in`` = the product of the weight's dimensions after the first."""
+    xp = B.get().xp
+    dt = dtypes.resolve(dtype)
+    m.weight = Parameter(xp.empty(weight_shape, dtype=dt))
+    init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+    if bias:
+        fan_in = int(np.prod(weight_shape[1:]))
+        m.bias = Parameter(xp.empty((m.out_channels,), dtype=dt))
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        init.uniform_(m.bias, -bound, bound)
+    else:
+        m.bias = None
+
+
+def _conv_repr(m, extra=()):
+    """``in, out, kernel_size=..., stride=...`` and the options that differ from their
+    defaults (``extra``: more ``(name, default)`` pairs)."""
+    s = f"{m.in_channels}, {m.out_channels}, kernel_size={m.kernel_size}, stride={m.stride}"
+    for name, default in (("padding", 0),) + tuple(extra) + (("dilation", 1),):
+        value = getattr(m, name)
+        if set(value) != {default}:
+            s += f", {name}={value}"
+    if m.groups != 1:
+        s += f", groups={m.groups}"
+    if m.bias is None:
+        s += ", bias=False"
+    return s
 
 
 def _single(v, name: str) -> int:

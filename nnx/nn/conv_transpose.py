@@ -2,14 +2,11 @@
 the backend's convolution pieces (no kernel of its own)."""
 from __future__ import annotations
 
-import math
-
 from .. import backend as B
-from .. import dtypes, init
 from ..backend.base import _grouped_matmul
+from .conv import _conv_repr, _init_parameters, _set_geometry
 from .inputs import as_input, pair as _pair
 from .module import Module
-from .parameter import Parameter
 
 
 class ConvTranspose2d(Module):
@@ -36,40 +33,15 @@ class ConvTranspose2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, dtype=None):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
+        _set_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                      groups)
         self.output_padding = _pair(output_padding, "output_padding")
-        self.dilation = _pair(dilation, "dilation")
-        self.groups = int(groups)
-        if self.groups < 1:
-            raise ValueError(f"groups must be positive, got {groups}")
-        for name, n in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
-            if n % self.groups:
-                raise ValueError(f"ConvTranspose2d: {name}={n} is not divisible by "
-                                 f"groups={self.groups}")
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.dilation) < 1:
-            raise ValueError("ConvTranspose2d: kernel_size, stride and dilation must be "
-                             "positive")
-        if min(self.padding) < 0:
-            raise ValueError(f"ConvTranspose2d: padding must be non-negative, got "
-                             f"{self.padding}")
         if not all(0 <= op < s for op, s in zip(self.output_padding, self.stride)):
             raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
                              f"non-negative and smaller than the stride {self.stride}")
-        xp = B.get().xp
-        dt = dtypes.resolve(dtype)
         kh, kw = self.kernel_size
-        self.weight = Parameter(xp.empty((self.in_channels, self.out_channels // self.groups,
-                                          kh, kw), dtype=dt))
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if bias:
-            fan_in = (self.out_channels // self.groups) * kh * kw
-            self.bias = Parameter(xp.empty((self.out_channels,), dtype=dt))
-            init.uniform_(self.bias, -1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in))
-        else:
-            self.bias = None
+        _init_parameters(self, (self.in_channels, self.out_channels // self.groups, kh, kw),
+                         bias, dtype)
 
     def output_shape(self, input_shape):
         """``(N, O, OH, OW)`` for an input of shape ``(N, C, H, W)``."""
@@ -116,14 +88,4 @@ class ConvTranspose2d(Module):
         return dx
 
     def extra_repr(self):
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
-        for name, default in (("padding", (0, 0)), ("output_padding", (0, 0)),
-                              ("dilation", (1, 1))):
-            if getattr(self, name) != default:
-                s += f", {name}={getattr(self, name)}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        return s
+        return _conv_repr(self, extra=(("output_padding", 0),))
