@@ -82,6 +82,32 @@ def _workload(tmp_path):
             model.backward(crit.backward())
             opt.step()
         assert train._all_finite(model)  # the trainer's own use of xp
+        _newer_layers_and_losses(be, nn, f32, rng)
+
+
+def _newer_layers_and_losses(be, nn, f32, rng):
+    """The layers and losses written with plain array calls (no kernels of their own):
+    their xp functions (``add.at``, ``moveaxis``, ``clip``, ...) must exist in CuPy."""
+    idx = be.asarray(rng.integers(0, 6, (2, 5)))
+    layers = [(nn.Embedding(6, 4, padding_idx=0), idx),
+              (nn.LayerNorm(4), be.asarray(f32(2, 5, 4))),
+              (nn.GELU(), be.asarray(f32(3, 4))), (nn.GELU("tanh"), be.asarray(f32(3, 4))),
+              (nn.LogSoftmax(1), be.asarray(f32(3, 4))),
+              (nn.Conv1d(2, 3, 3, padding=1), be.asarray(f32(2, 2, 7))),
+              (nn.ConvTranspose2d(2, 3, 3, stride=2, output_padding=1), be.asarray(f32(1, 2, 3, 3)))]
+    for layer, x in layers:
+        y = layer(x)
+        layer.backward(be.asarray(np.ones(y.shape, np.float32)))
+    z, lab = be.asarray(f32(4, 3, 2)), be.asarray(rng.integers(0, 3, (4, 2)))
+    w = np.array([0.5, 1.0, 2.0], np.float32)
+    p = be.asarray(rng.dirichlet(np.ones(3), 4).astype(np.float32))
+    for crit, a, b in [(nn.CrossEntropyLoss(w, label_smoothing=0.1), z, lab),
+                       (nn.NLLLoss(w, ignore_index=1), z, lab),
+                       (nn.HuberLoss(delta=0.5), z, z[::-1]),
+                       (nn.SmoothL1Loss(beta=0.5), z, z[::-1]),
+                       (nn.KLDivLoss(reduction="batchmean"), be.xp.log(p), p)]:
+        crit(a, b)
+        crit.backward()
 
 
 def _resolve(cupy, path):
