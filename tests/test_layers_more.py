@@ -333,3 +333,31 @@ def test_functional_against_torch(backend, rng):
     for got, want in pairs:   # element-wise or 5-term sums: a few ulps of the values
         np.testing.assert_allclose(backend.to_numpy(got), want.numpy(), rtol=0,
                                    atol=1e-12 * np.abs(want.numpy()).max())
+
+
+# ---------------------------------------------------------------------- in a model
+def test_a_small_text_model_through_the_harness(backend, rng):
+    """Embedding → LayerNorm → GELU → Linear as one Sequential (integer input: only the
+    parameters get gradients), through the harness."""
+    def make(dt):
+        return nn.Sequential(nn.Embedding(7, 6, padding_idx=6, dtype=dt),
+                             _randomize(nn.LayerNorm(6, dtype=dt)), nn.GELU(),
+                             nn.Linear(6, 3, dtype=dt))
+    check_layer(make, [rng.integers(0, 6, (4, 5))], second=[rng.integers(0, 6, (4, 5))])
+
+
+def test_conv1d_first_layer_params_only(backend, rng):
+    """``backward(dy, input_grad=False)`` (Conv1d's backward_params, no dL/dx) gives the
+    same parameter gradients as the full backward (the same code path: exactly)."""
+    x = backend.asarray(rng.standard_normal((2, 3, 9)))
+    grads = []
+    for input_grad in (True, False):
+        nnx.manual_seed(2)
+        model = nn.Sequential(nn.Conv1d(3, 4, 3, stride=2, dtype=np.float64), nn.GELU(),
+                              nn.Conv1d(4, 2, 2, dtype=np.float64))
+        y = model(x)
+        dx = model.backward(backend.asarray(np.ones(y.shape)), input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append([backend.to_numpy(p.grad) for p in model.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
