@@ -34,24 +34,12 @@ harness.set_threads({threads})
 import numpy as np
 harness.pin_threads({threads})
 import nnx, nnx.models
-from train_step import MODEL_KW, N_BATCHES, _data
+from train_step import build_step
 steps = {{}}
 
 def make(name, n):
-    nnx.manual_seed(0)
-    model = nnx.models.get(name, **MODEL_KW.get(name, {{}}))
-    crit = nnx.nn.CrossEntropyLoss()
-    opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    xs, ys = _data(np, nnx.backend.get(), n, 10, (32, 32), 3, seed=n)
-    state = {{"i": 0}}
-    def step():
-        i = state["i"] = (state["i"] + 1) % N_BATCHES
-        opt.zero_grad()
-        loss = crit(model(xs[i]), ys[i])
-        model.backward(crit.backward(), input_grad=False)
-        opt.step()
-        return float(loss)
-    return step
+    step = build_step(np, nnx, nnx.backend.get(), name, n).step
+    return lambda: float(step())
 
 for line in sys.stdin:
     cmd = json.loads(line)

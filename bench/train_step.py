@@ -108,7 +108,11 @@ def _data(np, be, n, num_classes, image_size, in_channels, seed):
     return xs, ys
 
 
-def bench_one(np, nnx, be, torch, device, name, n, args):
+def build_step(np, nnx, be, name, n):
+    """The timed nnx step on model ``name`` at batch ``n`` (also used by
+    compare_checkouts.py): a namespace with ``step()`` (returns the loss), the model, the
+    loss, and the batches on the backend (``xs``, ``ys``) and on the host."""
+    from types import SimpleNamespace
     nnx.manual_seed(0)
     model = nnx.models.get(name, **MODEL_KW.get(name, {}))
     model.to(be)
@@ -119,7 +123,7 @@ def bench_one(np, nnx, be, torch, device, name, n, args):
     ys = [be.asarray(y) for y in ys_host]
     state = {"i": 0}
 
-    def nnx_step():
+    def step():
         i = state["i"] = (state["i"] + 1) % N_BATCHES
         opt.zero_grad()
         loss = crit(model(xs[i]), ys[i])
@@ -127,7 +131,15 @@ def bench_one(np, nnx, be, torch, device, name, n, args):
         opt.step()
         return loss
 
-    fns = {"nnx": nnx_step}
+    return SimpleNamespace(step=step, model=model, crit=crit, xs=xs, ys=ys, xs_host=xs_host,
+                           ys_host=ys_host)
+
+
+def bench_one(np, nnx, be, torch, device, name, n, args):
+    bench = build_step(np, nnx, be, name, n)
+    model, crit, xs, ys = bench.model, bench.crit, bench.xs, bench.ys
+    xs_host, ys_host = bench.xs_host, bench.ys_host
+    fns = {"nnx": bench.step}
     syncs = {"nnx": harness.make_sync(be)}
     run = {"model": name, "batch": n, "backend": be.name,
            "params": model.num_parameters()}
