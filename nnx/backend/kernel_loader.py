@@ -32,6 +32,9 @@ COMPILE_OPTIONS = ("--std=c++14",)
 ELEMENT_TYPES = {"float32": "float", "float64": "double"}
 
 _MODULES: dict[tuple[str, int], object] = {}   # (file stem, device id) -> cupy.RawModule
+# (file stem, name expression, device id) -> cupy.RawKernel: get_function builds a new
+# RawKernel and calls cuModuleGetFunction each time, so it runs once per kernel, not per launch
+_KERNELS: dict[tuple[str, str, int], object] = {}
 _GRID_CAP: dict[int, int] = {}                  # device id -> max blocks per launch
 _LOCK = threading.Lock()
 
@@ -132,8 +135,16 @@ def get_module(stem: str):
 
 def get_kernel(stem: str, name: str, dtype):
     """``cupy.RawKernel`` ``name<T>`` (T the element type of ``dtype``) from
-    ``kernels/<stem>.cu``, compiled on first use."""
-    return get_module(stem).get_function(instance(name, dtype))
+    ``kernels/<stem>.cu``, compiled on first use and fetched once per device (cached in
+    ``_KERNELS``, as Chainer's memoized kernel builders do)."""
+    import cupy
+    expr = instance(name, dtype)
+    key = (stem, expr, cupy.cuda.Device().id)
+    kern = _KERNELS.get(key)
+    if kern is None:
+        kern = get_module(stem).get_function(expr)
+        _KERNELS[key] = kern   # a race only fetches twice; both objects are equivalent
+    return kern
 
 
 def _grid_cap() -> int:
@@ -172,4 +183,5 @@ def rows_config(n_rows: int, n_cols: int, max_grid: int | None = None):
 def clear_cache() -> None:
     """Forget compiled modules (tests; after changing a .cu file)."""
     _MODULES.clear()
+    _KERNELS.clear()
     _GRID_CAP.clear()
