@@ -26,6 +26,9 @@ from .base import Backend, out_size
 from .errors import BackendMismatchError, BackendUnavailableError
 
 _i32, _i64 = np.int32, np.int64
+# CURAND_RNG_PSEUDO_PHILOX4_32_10 of curand.h (a stable enum; reading it through
+# cupy.cuda.curand would load libcurand at import of this value)
+_CURAND_PHILOX = 161
 
 
 def _import_cupy():
@@ -175,15 +178,24 @@ class CupyBackend(Backend):
                 "device_free_bytes": int(free), "device_total_bytes": int(total)}
 
     # ---------------------------------------------------------------- random
-    # cuRAND generators cannot export their state, so each draw uses a generator seeded from
-    # (seed, draw counter): the pair is the whole state, which makes checkpoints resumable.
+    # cuRAND generators cannot export their state, so each draw re-seeds the backend's one
+    # generator from (seed, draw counter): the pair is the whole state, which makes
+    # checkpoints resumable.  Re-seeding is host-side (curandSetPseudoRandomGeneratorSeed and
+    # offset 0: no allocation, no synchronisation); Philox4x32-10 is counter-based, so a new
+    # seed costs no state-initialisation kernel (XORWOW's would).  Creating a generator per
+    # draw instead would allocate and free its state every time.
     def manual_seed(self, seed: int) -> None:
         self._seed, self._draws = int(seed), 0
 
     def _next_rng(self):
         self._draws += 1
         mixed = (self._seed * 0x9E3779B97F4A7C15 + self._draws) % (2 ** 63)
-        return self.xp.random.RandomState(mixed)
+        rs = getattr(self, "_rs", None)
+        if rs is None:
+            rs = self._rs = self.xp.random.RandomState(mixed, method=_CURAND_PHILOX)
+        else:
+            rs.seed(mixed)
+        return rs
 
     def rng_state(self):
         return {"seed": self._seed, "draws": self._draws}

@@ -28,6 +28,25 @@ only for a compiled name expression).  Every use of the module is logged in ``AP
 (``"cupy.cuda.Device"`` -> call shapes) and every public ndarray attribute in ``NDARRAY_ATTRS``
 so ``tests/test_cupy_conformance.py`` can check each name and call against the installed CuPy.
 
+Tracing (what would launch, transfer or synchronise on a GPU).  While a :class:`Trace` is
+active (``with fake_cupy.trace() as t:``) the fake appends one event per operation that a
+real GPU would see, to ``t.events`` as ``(kind, name, nbytes)``:
+
+- ``launch``: every ``RawKernel`` call (our kernels), every ufunc call and ufunc method
+  (``add``, ``add.reduce`` behind ``x.sum()``, ``matmul`` = one cuBLAS call, operators such as
+  ``a * b``), every other array function except the metadata-only ones in ``_NO_LAUNCH``
+  (``empty``, ``reshape``, ``broadcast_to``...), ``zeros``/``*_like`` fills, copies
+  (``copy``, ``astype``, ``fill``, ``x[...] = y``, a copying ``ascontiguousarray``),
+  advanced indexing, and each random draw (one cuRAND generate).  One event per CuPy call:
+  CuPy fuses e.g. ``mean`` into one reduction kernel, which the fake counts as its NumPy
+  decomposition (``add.reduce`` + ``true_divide``), so counts are an upper bound of CuPy's.
+- ``alloc``: every new device buffer (``empty``, results of launches) with its size.
+- ``h2d`` / ``d2h``: host->device (``asarray`` of host data) and device->host copies
+  (``asnumpy``, ``.get()``, ``.item()``, ``float(x)``, ``int(x)``, ``bool(x)``).
+- ``sync``: a host wait for the device: ``Device.synchronize``/``Stream.synchronize`` and
+  every device->host copy (CuPy's D2H copies into pageable memory wait for the stream).
+- ``rng_create``: a cuRAND generator created (``random.RandomState``).
+
 Devices.  ``DEVICE_COUNT`` devices (default 1); the current device is per thread, as in CUDA
 (``Device(i).use()`` and ``with Device(i):``).  Arrays remember the device current when they
 were allocated, modules the device they were compiled on; a kernel launched with an array or
@@ -62,6 +81,65 @@ def _log(path, args=None, kwargs=None):
                     tuple(sorted((k, type(v).__name__) for k, v in (kwargs or {}).items()))))
 
 
+class Trace:
+    """Events recorded while active (see the module docstring)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, int]] = []
+
+    def counts(self) -> dict:
+        out = {k: 0 for k in ("launch", "alloc", "h2d", "d2h", "sync", "rng_create")}
+        for kind, _, _ in self.events:
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+    def names(self, kind="launch") -> dict:
+        """``{name: count}`` of one kind of event, most frequent first."""
+        tally: dict[str, int] = {}
+        for k, name, _ in self.events:
+            if k == kind:
+                tally[name] = tally.get(name, 0) + 1
+        return dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def sequence(self, kinds=("launch", "alloc")) -> list:
+        """The ordered events of ``kinds``: equal for two steps that a CUDA graph can replay."""
+        return [e for e in self.events if e[0] in kinds]
+
+
+_TRACES: list[Trace] = []
+
+
+class trace:
+    """``with fake_cupy.trace() as t:`` records the events of the block into ``t``."""
+
+    def __enter__(self) -> Trace:
+        self._t = Trace()
+        _TRACES.append(self._t)
+        return self._t
+
+    def __exit__(self, *exc):
+        _TRACES.remove(self._t)
+
+
+def _event(kind, name, nbytes=0):
+    for t in _TRACES:
+        t.events.append((kind, name, int(nbytes)))
+
+
+def _d2h(name, nbytes):
+    _event("d2h", name, nbytes)
+    _event("sync", name)
+
+
+def _alloc_of(result, name):
+    """Record an allocation for each array ``result`` that owns fresh memory."""
+    if not _TRACES:
+        return
+    for r in (result if isinstance(result, (tuple, list)) else (result,)):
+        if isinstance(r, np.ndarray) and r.flags.owndata and r.nbytes:
+            _event("alloc", name, r.nbytes)
+
+
 def _current_device() -> int:
     return getattr(_THREAD, "device", 0)
 
@@ -91,7 +169,61 @@ class ndarray(np.ndarray):
 
     def __getitem__(self, key):
         r = super().__getitem__(key)
+        if _advanced(key):
+            _event("launch", "take")     # a gather kernel (basic slicing is a view)
+            _event("alloc", "take", np.asarray(r).nbytes)
         return _dev(r) if isinstance(r, np.generic) else r   # CuPy gives 0-d arrays
+
+    def __setitem__(self, key, value):
+        _event("launch", "setitem")      # a copy or fill kernel
+        super().__setitem__(key, value)
+
+    def copy(self, order="C"):
+        _event("launch", "copy")
+        _event("alloc", "copy", self.nbytes)
+        return super().copy(order)
+
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        if copy or np.dtype(dtype) != self.dtype:
+            _event("launch", "astype")
+            _event("alloc", "astype", self.size * np.dtype(dtype).itemsize)
+        return super().astype(dtype, order=order, copy=copy)
+
+    def argmax(self, *args, **kwargs):   # not a ufunc: NumPy calls no __array_ufunc__
+        _event("launch", "argmax")
+        return _dev_result(super().argmax(*args, **kwargs), "argmax")
+
+    def argmin(self, *args, **kwargs):
+        _event("launch", "argmin")
+        return _dev_result(super().argmin(*args, **kwargs), "argmin")
+
+    def fill(self, value):
+        _event("launch", "fill")
+        super().fill(value)
+
+    def item(self, *args):
+        _d2h("item", self.itemsize)
+        return super().item(*args)
+
+    def tolist(self):
+        _d2h("tolist", self.nbytes)
+        return super().tolist()
+
+    def __float__(self):
+        _d2h("float", self.itemsize)
+        return super().__float__()
+
+    def __int__(self):
+        _d2h("int", self.itemsize)
+        return super().__int__()
+
+    def __index__(self):
+        _d2h("index", self.itemsize)
+        return super().__index__()
+
+    def __bool__(self):
+        _d2h("bool", self.itemsize)
+        return super().__bool__()
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         _reject_host(f"{ufunc.__name__}.{method}" if method != "__call__" else ufunc.__name__,
@@ -99,7 +231,11 @@ class ndarray(np.ndarray):
         if out is not None:
             _reject_host(ufunc.__name__ + " out=", out)
             kwargs["out"] = tuple(_host_view(o) for o in out)
+        name = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+        _event("launch", name)
         result = getattr(ufunc, method)(*(_host_view(a) for a in inputs), **kwargs)
+        if out is None:
+            _alloc_of(result, name)
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _wrap(result)
@@ -108,10 +244,32 @@ class ndarray(np.ndarray):
         caller = sys._getframe(1)
         NUMPY_CALLS.append((func.__name__, f"{caller.f_code.co_filename}:{caller.f_lineno}"))
         _reject_host(func.__name__, (args, kwargs))
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+        if func.__name__ not in _NO_LAUNCH:
+            _event("launch", func.__name__)
+        result = func(*_unwrap(args), **_unwrap(kwargs))
+        if func.__name__ not in _NO_LAUNCH:
+            _alloc_of(result, func.__name__)
+        return _wrap(result)
 
 
 ndarray.__module__ = "cupy._core.core"   # nnx detects CuPy arrays by module name
+
+
+# array functions that only make views or read metadata: no kernel on a GPU
+_NO_LAUNCH = {"empty", "reshape", "broadcast_to", "broadcast_arrays", "transpose",
+              "swapaxes", "moveaxis", "expand_dims", "squeeze", "shape", "ndim", "size",
+              "result_type", "can_cast", "atleast_1d", "atleast_2d", "atleast_3d",
+              "may_share_memory", "shares_memory", "iscomplexobj", "isrealobj", "ravel"}
+
+
+def _dev_result(r, name):
+    _alloc_of(r, name)
+    return _dev(r) if isinstance(r, np.generic) else r
+
+
+def _advanced(key):
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, (np.ndarray, list)) for k in keys)
 
 
 def _host_view(a):
@@ -167,9 +325,9 @@ def _dev(a):
 
 def _poison(a):
     if a.dtype.kind == "f":
-        a.fill(np.nan)
+        a.view(np.ndarray).fill(np.nan)
     elif a.dtype.kind in "iu":
-        a.fill(-7)
+        a.view(np.ndarray).fill(-7)
     return a
 
 
@@ -185,7 +343,13 @@ def asarray(x, dtype=None, order=None):
     _log("cupy.asarray", (x,), _given(dtype=dtype, order=order))
     if isinstance(x, ndarray) and (dtype is None or np.dtype(dtype) == x.dtype):
         return x  # CuPy's asarray does not copy a device array
-    return _dev(np.array(x, dtype=dtype, copy=True))  # a "transfer" never aliases host memory
+    out = _dev(np.array(x, dtype=dtype, copy=True))  # a "transfer" never aliases host memory
+    if isinstance(x, ndarray):
+        _event("launch", "asarray")   # a dtype conversion on the device
+    else:
+        _event("h2d", "asarray", out.nbytes)
+    _event("alloc", "asarray", out.nbytes)
+    return out
 
 
 def ascontiguousarray(a, dtype=None):
@@ -193,17 +357,24 @@ def ascontiguousarray(a, dtype=None):
     _reject_host("ascontiguousarray", (a,))
     if a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
         return a  # CuPy returns the array itself
-    return _on_device_of(_dev(np.ascontiguousarray(a, dtype=dtype)), a)
+    out = _on_device_of(_dev(np.ascontiguousarray(a, dtype=dtype)), a)
+    _event("launch", "ascontiguousarray")
+    _event("alloc", "ascontiguousarray", out.nbytes)
+    return out
 
 
 def empty(shape, dtype=float, order="C"):
     _log("cupy.empty", (shape,), _given(dtype=dtype))
-    return _poison(_dev(np.empty(shape, dtype, order=order)))
+    out = _poison(_dev(np.empty(shape, dtype, order=order)))
+    _event("alloc", "empty", out.nbytes)
+    return out
 
 
 def empty_like(a, dtype=None, order="K", subok=None, shape=None):
     _log("cupy.empty_like", (a,), _given(dtype=dtype, shape=shape))
-    return _poison(_dev(np.empty(np.shape(a) if shape is None else shape, dtype or a.dtype)))
+    out = _poison(_dev(np.empty(np.shape(a) if shape is None else shape, dtype or a.dtype)))
+    _event("alloc", "empty_like", out.nbytes)
+    return out
 
 
 def broadcast_to(a, shape):
@@ -214,7 +385,10 @@ def broadcast_to(a, shape):
 
 def asnumpy(a, stream=None, order="C", out=None):
     _log("cupy.asnumpy", (a,), _given(stream=stream, out=out))
-    return np.array(a).view(np.ndarray)
+    host = np.array(a).view(np.ndarray)
+    if isinstance(a, ndarray):
+        _d2h("asnumpy", host.nbytes)
+    return host
 
 
 class _Ufunc:
@@ -227,7 +401,7 @@ class _Ufunc:
     def __call__(self, *args, **kwargs):
         _log(f"cupy.{self.__name__}", args, kwargs)
         _reject_host(self.__name__, (args, kwargs))
-        return _call_device(self._uf, args, kwargs)
+        return _call_device(self._uf, args, kwargs, self.__name__)
 
     def __getattr__(self, method):   # reduce, accumulate, at, outer
         fn = getattr(self._uf, method)
@@ -236,15 +410,20 @@ class _Ufunc:
         def call(*args, **kwargs):
             _log(f"cupy.{name}", args, kwargs)
             _reject_host(name, (args, kwargs))
-            return _call_device(fn, args, kwargs)
+            return _call_device(fn, args, kwargs, name)
         return call
 
 
-def _call_device(fn, args, kwargs):
+def _call_device(fn, args, kwargs, name=None):
     out = kwargs.get("out")
+    launches = name is not None and name not in _NO_LAUNCH
+    if launches:
+        _event("launch", name)
     result = fn(*_unwrap(args), **_unwrap(kwargs))
     if out is not None:
         return out
+    if launches:
+        _alloc_of(result, name)
     return _on_device_of(_wrap(result), _first_device_array((args, kwargs)))
 
 
@@ -275,7 +454,9 @@ def _device_function(fn, name):
         _log(f"cupy.{name}", args, kwargs)
         if not transfer:
             _reject_host(name, (args, kwargs))
-        return _call_device(fn, args, kwargs)
+        elif _find_host((args, kwargs)) is not None:
+            _event("h2d", name)
+        return _call_device(fn, args, kwargs, name)
     call.__name__ = call.__qualname__ = name
     call.__doc__ = f"fake cupy.{name}: numpy.{name} on device arrays"
     return call
@@ -323,23 +504,42 @@ def get_default_memory_pool():
     return _POOL
 
 
+# curandRngType_t values of curand.h (pseudo-random generators)
+_CURAND_METHODS = {100, 101, 121, 141, 142, 161}
+
+
 class _RandomState:
     """cupy.random.RandomState(seed=None, method=...) with the two draws nnx uses."""
 
     def __init__(self, seed=None, method=None):
         _log("cupy.random.RandomState", (seed,), {} if method is None else {"method": method})
+        if method not in (None, *_CURAND_METHODS):
+            raise ValueError(f"RandomState: method {method!r} is no curandRngType_t")
+        _event("rng_create", "RandomState")
+        self.method = method
+        self._g = np.random.default_rng(seed)
+
+    def seed(self, seed=None):
+        """Re-seed the same generator (host-side in CuPy: no allocation, no sync)."""
+        _log("cupy.random.RandomState.seed", (seed,), {})
         self._g = np.random.default_rng(seed)
 
     def random_sample(self, size=None, dtype=float):
         _log("cupy.random.RandomState.random_sample", (), {"size": size, "dtype": dtype})
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise TypeError(f"random_sample: dtype must be float32 or float64, got {dtype}")
-        return _dev(self._g.random(size, dtype=np.dtype(dtype)))
+        out = _dev(self._g.random(size, dtype=np.dtype(dtype)))
+        _event("launch", "curand.random_sample")
+        _event("alloc", "random_sample", out.nbytes)
+        return out
 
     def randint(self, low, high=None, size=None, dtype="l"):
         _log("cupy.random.RandomState.randint", (low, high),
              {"size": size, "dtype": dtype})
-        return _dev(self._g.integers(low, high, size=size, dtype=np.dtype(dtype)))
+        out = _dev(self._g.integers(low, high, size=size, dtype=np.dtype(dtype)))
+        _event("launch", "curand.randint")
+        _event("alloc", "randint", out.nbytes)
+        return out
 
 
 class _Namespace:
@@ -385,6 +585,7 @@ class _Device:
 
     def synchronize(self):
         _log("cupy.cuda.Device.synchronize", (), {})
+        _event("sync", "Device.synchronize")
 
 
 def _get_device_count():
@@ -483,6 +684,7 @@ class _Kernel:
                 conv.append(a.item())
         (g, *_), (b, *_) = grid, block
         self.calls += 1
+        _event("launch", self.name)
         self._k(g, b, *conv)
 
 
@@ -552,5 +754,6 @@ class _LoggedModule(types.ModuleType):
 
 
 # the fake's own knobs and logs, read by tests and not part of CuPy's API
-_CONTROL = {"API_LOG", "NDARRAY_ATTRS", "NUMPY_CALLS", "BUILD_DIR", "DEVICE_COUNT"}
+_CONTROL = {"API_LOG", "NDARRAY_ATTRS", "NUMPY_CALLS", "BUILD_DIR", "DEVICE_COUNT", "trace",
+            "Trace"}
 sys.modules[__name__].__class__ = _LoggedModule
