@@ -296,3 +296,48 @@ def test_every_entry_point_runs_on_the_backends_device(tmp_path, rng):
         with ThreadPoolExecutor(1) as pool:
             with pytest.raises(RuntimeError, match="device"):
                 pool.submit(raw, be, dx).result()
+
+
+# ------------------------------------------------------------------ multi-tensor optimizers
+SHAPES = [(33, 17), (5,), (3, 4, 5, 2), (1,), (300,)]   # odd sizes: tensor boundaries mid-block
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, first_step=True),
+                                dict(momentum=0.9, dampening=0.1, weight_decay=1e-2),
+                                dict(momentum=0.8, nesterov=True, weight_decay=1e-3)])
+def test_sgd_update_multi_matches_per_tensor_reference(gpu, cpu, rng, dtype, kw):
+    ps, gs, bufs = ([rng.standard_normal(s).astype(dtype) for s in SHAPES] for _ in range(3))
+    dps, dbufs = [gpu.asarray(p) for p in ps], [gpu.asarray(b) for b in bufs]
+    has_buf = bool(kw.get("momentum"))
+    for _ in range(2):
+        for p, g, b in zip(ps, gs, bufs):
+            cpu.sgd_update(p, g, b if has_buf else None, 0.1, **kw)
+        gpu.sgd_update_multi(dps, [gpu.asarray(g) for g in gs], dbufs if has_buf else None,
+                             0.1, **kw)
+        kw = {**kw, "first_step": False}
+    for d, p in zip(dps + dbufs, ps + bufs):
+        check(gpu, d, p, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("wd,decoupled", [(0.0, False), (1e-2, False), (1e-2, True)])
+def test_adam_update_multi_matches_per_tensor_reference(gpu, cpu, rng, dtype, wd, decoupled):
+    ps, gs = ([rng.standard_normal(s).astype(dtype) for s in SHAPES] for _ in range(2))
+    ms, vs = [np.zeros_like(p) for p in ps], [np.zeros_like(p) for p in ps]
+    dps, dms, dvs = ([gpu.asarray(a) for a in arrs] for arrs in (ps, ms, vs))
+    for step in (1, 2, 3):
+        for p, g, m, v in zip(ps, gs, ms, vs):
+            cpu.adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, wd, step, decoupled=decoupled)
+        gpu.adam_update_multi(dps, [gpu.asarray(g) for g in gs], dms, dvs, 1e-2, 0.9, 0.999,
+                              1e-8, wd, step, decoupled=decoupled)
+    for d, h in zip(dps + dms + dvs, ps + ms + vs):
+        check(gpu, d, h, dtype, loose=True)
+
+
+def test_update_multi_rejects_mixed_arrays(gpu, rng):
+    p = gpu.asarray(rng.standard_normal((4, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gpu.sgd_update_multi([p], [gpu.asarray(np.ones((4, 3)))], None, 0.1)   # float64 grad
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gpu.sgd_update_multi([p], [p.T], None, 0.1)

@@ -509,6 +509,55 @@ def test_adam_update(sim, cpu, rng, dtype, wd, decoupled, launch):
         np.testing.assert_allclose(a, b, **tol(dtype))
 
 
+def _table(rows):
+    """The *_multi kernels' table: running offsets, then each row's addresses (the simulator
+    runs on host memory, so host addresses are its device pointers)."""
+    sizes = np.cumsum([0] + [r[0].size for r in rows], dtype=np.int64)
+    return np.concatenate([sizes, np.array([a.ctypes.data for r in rows for a in r], np.int64)])
+
+
+MULTI_SIZES = (777, 1, 64, 300)   # tensor boundaries inside blocks and on a block edge
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SGD_CASES)
+@pytest.mark.parametrize("launch", LAUNCH)
+def test_sgd_update_multi(sim, cpu, rng, dtype, case, launch):
+    lr, t = 0.05, dtype
+    rows = [tuple(rng.standard_normal(n).astype(dtype) for _ in range(3)) for n in MULTI_SIZES]
+    refs = [(p.copy(), b.copy()) for p, _, b in rows]
+    for (rp, rb), (_, g, _) in zip(refs, rows):
+        cpu.sgd_update(rp, g, rb if case["momentum"] else None, lr, **case)
+    table = _table(rows)
+    mom, damp = case["momentum"], case.get("dampening", 0.0)
+    run(sim, f"sgd_update_multi<{CT[dtype]}>", int(table[len(rows)]), launch, len(rows), table,
+        t(lr), t(mom), t(1 - damp), t(case.get("weight_decay", 0.0)),
+        int(case.get("nesterov", False)), int(case.get("first_step", False)), int(mom != 0))
+    for (p, _, b), (rp, rb) in zip(rows, refs):
+        np.testing.assert_allclose(p, rp, **tol(dtype))
+        np.testing.assert_allclose(b, rb, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("wd,decoupled", [(0.0, False), (1e-2, False), (1e-2, True)])
+@pytest.mark.parametrize("launch", LAUNCH)
+def test_adam_update_multi(sim, cpu, rng, dtype, wd, decoupled, launch):
+    lr, b1, b2, eps, step, t = 1e-3, 0.9, 0.999, 1e-8, 3, dtype
+    rows = [(*(rng.standard_normal(n).astype(dtype) for _ in range(3)),
+             rng.random(n).astype(dtype)) for n in MULTI_SIZES]
+    refs = [(p.copy(), m.copy(), v.copy()) for p, _, m, v in rows]
+    for (rp, rm, rv), (_, g, _, _) in zip(refs, rows):
+        cpu.adam_update(rp, g, rm, rv, lr, b1, b2, eps, wd, step, decoupled=decoupled)
+    table = _table(rows)
+    mode = 0 if not wd else (2 if decoupled else 1)
+    run(sim, f"adam_update_multi<{CT[dtype]}>", int(table[len(rows)]), launch, len(rows),
+        table, t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(wd), t(1 - lr * wd),
+        t(lr / (1 - b1 ** step)), t(1 - b2 ** step), mode)
+    for (p, _, m, v), ref in zip(rows, refs):
+        for a, b in zip((p, m, v), ref):
+            np.testing.assert_allclose(a, b, **tol(dtype))
+
+
 # ------------------------------------------------------------------ coverage (keep last)
 def test_every_kernel_tested(sim):
     missing = sorted(set(sim) - COVERED)

@@ -29,6 +29,7 @@ _i32, _i64 = np.int32, np.int64
 # CURAND_RNG_PSEUDO_PHILOX4_32_10 of curand.h (a stable enum; reading it through
 # cupy.cuda.curand would load libcurand at import of this value)
 _CURAND_PHILOX = 161
+_MAX_TABLES = 64   # cached multi-tensor pointer tables per backend
 
 
 def _import_cupy():
@@ -105,6 +106,7 @@ class CupyBackend(Backend):
         self.xp = cupy
         self.device = cupy.cuda.Device(index)
         self.device.use()
+        self._tables = {}   # pointer-table bytes -> device copy (see _tensor_table)
         self.manual_seed(0)
 
     # ---------------------------------------------------------------- helpers
@@ -319,6 +321,19 @@ class CupyBackend(Backend):
         self._launch("col2im", "col2im", kdt, x.size, (_i64(x.size), *geo, cols, x))
         return x
 
+    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx, groups=1):
+        """As :meth:`Backend.conv2d_gemm_backward`, but ``dW = D @ colsᵀ`` in the orientation
+        that gives a C-contiguous ``dW`` (the base class's ``(cols @ Dᵀ)ᵀ`` suits OpenBLAS and
+        returns a transposed view, which the multi-tensor optimizer kernels, indexing flat
+        memory, would have to copy)."""
+        if groups != 1:
+            return super().conv2d_gemm_backward(w2, cols, dy, has_bias, need_dx, groups)
+        xp = self.xp
+        d2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(w2.shape[0], -1)
+        db = d2.sum(axis=1) if has_bias else None
+        dcols = xp.matmul(w2.T, d2) if need_dx else None
+        return xp.matmul(d2, cols.T), db, dcols
+
     def _pool_geo(self, x_shape, kernel, stride, padding):
         if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:
             raise ValueError(f"pooling padding {tuple(padding)} must be at most half the kernel "
@@ -486,6 +501,70 @@ class CupyBackend(Backend):
         for copied, dst, src in ((p_copy, param, p), (m_copy, m, m_), (v_copy, v, v_)):
             if copied:
                 dst[...] = src
+
+    # ---------------------------------------------------------------- multi-tensor optimizers
+    def _tensor_table(self, rows, what):
+        """Device ``int64`` table for the ``*_multi`` kernels: ``n+1`` running element offsets,
+        then each row's device addresses.  Every array must be a C-contiguous CuPy array of
+        the first one's dtype and its row's shape (the kernel indexes flat memory).  Tables
+        are cached by content: while the memory pool hands out the same addresses step after
+        step (it does for a repeated step), no upload happens."""
+        ref = rows[0][0]
+        sizes = [0]
+        ptrs = []
+        for row in rows:
+            for a in row:
+                if not isinstance(a, self.xp.ndarray) or a.dtype != ref.dtype \
+                        or not a.flags.c_contiguous or a.shape != row[0].shape:
+                    raise ValueError(f"{what}: every array must be a C-contiguous CuPy array "
+                                     f"of dtype {ref.dtype} shaped like its parameter, got "
+                                     f"{_describe(a)}")
+                ptrs.append(a.data.ptr)
+            sizes.append(row[0].size)
+        host = np.concatenate([np.cumsum(sizes, dtype=np.int64), np.array(ptrs, np.int64)])
+        key = host.tobytes()
+        table = self._tables.get(key)
+        if table is None:
+            if len(self._tables) >= _MAX_TABLES:
+                self._tables.clear()
+            table = self._tables[key] = self.xp.asarray(host)
+        return table, int(host[len(rows)])
+
+    def sgd_update_multi(self, params, grads, bufs, lr, momentum=0.0, dampening=0.0,
+                         nesterov=False, weight_decay=0.0, first_step=False):
+        """:meth:`sgd_update` of every tensor in one launch; ``bufs`` is ignored (may be
+        None) without momentum.  Same arithmetic per element as the one-tensor kernel."""
+        if not params:
+            return
+        kdt = self._kernel_dtype(params[0], "sgd_update_multi")
+        if momentum and (bufs is None or any(b is None for b in bufs)):
+            raise ValueError("sgd_update_multi: momentum needs a buffer per parameter")
+        rows = [(p, g, b) for p, g, b in zip(params, grads, bufs if momentum else params)]
+        if len(rows) != len(params) or len(grads) != len(params):
+            raise ValueError("sgd_update_multi: params, grads and bufs differ in length")
+        table, total = self._tensor_table(rows, "sgd_update_multi")
+        t = params[0].dtype.type
+        self._launch("optim", "sgd_update_multi", kdt, total,
+                     (_i32(len(rows)), table, t(lr), t(momentum), t(1 - dampening),
+                      t(weight_decay), _i32(bool(nesterov)), _i32(bool(first_step)),
+                      _i32(bool(momentum))))
+
+    def adam_update_multi(self, params, grads, ms, vs, lr, beta1, beta2, eps, weight_decay,
+                          step, decoupled=False):
+        """:meth:`adam_update` of every tensor (all at the same ``step``) in one launch."""
+        if not params:
+            return
+        kdt = self._kernel_dtype(params[0], "adam_update_multi")
+        rows = list(zip(params, grads, ms, vs))
+        if not len(rows) == len(params) == len(grads) == len(ms) == len(vs):
+            raise ValueError("adam_update_multi: params, grads, ms and vs differ in length")
+        table, total = self._tensor_table(rows, "adam_update_multi")
+        mode = 0 if not weight_decay else (2 if decoupled else 1)
+        t = params[0].dtype.type
+        self._launch("optim", "adam_update_multi", kdt, total,
+                     (_i32(len(rows)), table, t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
+                      t(eps), t(weight_decay), t(1 - lr * weight_decay),
+                      t(lr / (1 - beta1 ** step)), t(1 - beta2 ** step), _i32(mode)))
 
 
 def _check_pooled_grad(gy, yshape, what):

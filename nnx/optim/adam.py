@@ -1,7 +1,7 @@
 """Adam and AdamW (the arithmetic runs in ``backend.adam_update``)."""
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_hyper
+from .optimizer import Optimizer, check_hyper, fused_buckets
 
 
 class Adam(Optimizer):
@@ -24,16 +24,40 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, maximize=bool(maximize)))
 
-    def _update(self, be, p, grad, state, group):
+    @staticmethod
+    def _advance(be, p, state):
         if "step" not in state:
             state["step"] = 0
             state["exp_avg"] = be.xp.zeros_like(p.data)
             state["exp_avg_sq"] = be.xp.zeros_like(p.data)
         state["step"] += 1
+
+    def _hyper(self, group):
         beta1, beta2 = group["betas"]
-        be.adam_update(p.data, grad, state["exp_avg"], state["exp_avg_sq"], float(group["lr"]),
-                       float(beta1), float(beta2), float(group["eps"]),
-                       float(group["weight_decay"]), state["step"], decoupled=self._decoupled)
+        return (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+                float(group["weight_decay"]))
+
+    def _update(self, be, p, grad, state, group):
+        self._advance(be, p, state)
+        be.adam_update(p.data, grad, state["exp_avg"], state["exp_avg_sq"], *self._hyper(group),
+                       state["step"], decoupled=self._decoupled)
+
+    def _update_group(self, be, items, group):
+        """One ``adam_update_multi`` launch per (dtype, step) where the backend has it."""
+        multi = getattr(be, "adam_update_multi", None)
+        if multi is None:
+            return super()._update_group(be, items, group)
+        buckets, rest = fused_buckets(
+            items, lambda it: (it[0].data.dtype.str, it[2].get("step", 0) + 1))
+        for (_, step), bucket in buckets.items():
+            for p, _, st in bucket:
+                self._advance(be, p, st)
+            multi([p.data for p, _, _ in bucket], [g for _, g, _ in bucket],
+                  [st["exp_avg"] for _, _, st in bucket],
+                  [st["exp_avg_sq"] for _, _, st in bucket], *self._hyper(group), step,
+                  decoupled=self._decoupled)
+        for p, grad, state in rest:
+            self._update(be, p, grad, state, group)
 
 
 class AdamW(Adam):

@@ -16,7 +16,8 @@ from ..nn.parameter import Parameter
 
 
 class Optimizer:
-    """Base class.  Subclasses implement :meth:`_update` for one parameter."""
+    """Base class.  Subclasses implement :meth:`_update` for one parameter (the reference
+    path, used by the NumPy backend) and may override :meth:`_update_group`."""
 
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
@@ -67,6 +68,7 @@ class Optimizer:
         A group with ``maximize=True`` ascends: its gradients are negated first (PyTorch)."""
         be = B.get()
         for group in self.param_groups:
+            items = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -77,7 +79,15 @@ class Optimizer:
                         f"model.to(...) and keep one backend active")
                 state = self.state.setdefault(p, {})
                 grad = -p.grad if group.get("maximize") else p.grad
-                self._update(be, p, grad, state, group)
+                items.append((p, grad, state))
+            if items:
+                self._update_group(be, items, group)
+
+    def _update_group(self, be, items, group: dict) -> None:
+        """Update one group's ``(param, grad, state)`` items: one :meth:`_update` each here;
+        subclasses fuse them into one multi-tensor launch where the backend has one."""
+        for p, grad, state in items:
+            self._update(be, p, grad, state, group)
 
     def _update(self, be, p, grad, state: dict, group: dict) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -187,3 +197,16 @@ def check_hyper(name: str, value, low=0.0, high=None, low_open=False) -> float:
         rng += f"{high})" if high is not None else "inf)"
         raise ValueError(f"invalid {name}: {value} (must be in {rng})")
     return value
+
+
+def fused_buckets(items, key):
+    """``items`` split for multi-tensor launches: ``{key(item): [item, ...]}`` over the items
+    whose parameter and gradient are C-contiguous, plus the list of the others (updated one
+    by one, since the multi-tensor kernels index flat memory)."""
+    buckets, rest = {}, []
+    for item in items:
+        if item[0].data.flags.c_contiguous and item[1].flags.c_contiguous:
+            buckets.setdefault(key(item), []).append(item)
+        else:
+            rest.append(item)
+    return buckets, rest

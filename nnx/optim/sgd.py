@@ -1,7 +1,7 @@
 """Stochastic gradient descent with optional momentum, Nesterov and weight decay."""
 from __future__ import annotations
 
-from .optimizer import Optimizer, check_hyper
+from .optimizer import Optimizer, check_hyper, fused_buckets
 
 
 class SGD(Optimizer):
@@ -39,20 +39,42 @@ class SGD(Optimizer):
             _check_group({**self.defaults, **group})
         super().add_param_group(group)
 
-    def _update(self, be, p, grad, state, group):
+    def _buffer(self, be, p, state, group):
+        """``(momentum buffer or None, first_step)``; creates the buffer on first use."""
+        if not float(group["momentum"]):
+            return None, False
+        buf = state.get("momentum_buffer")
+        if buf is not None:
+            return buf, False
+        # PyTorch starts the buffer at g (first_step); the EMA starts it at zero
+        buf = state["momentum_buffer"] = be.xp.zeros_like(p.data)
+        return buf, not group["ema_momentum"]
+
+    def _hyper(self, group):
         momentum = float(group["momentum"])
-        ema = group["ema_momentum"]
-        buf, first = None, False
-        if momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                # PyTorch starts the buffer at g (first_step); the EMA starts it at zero
-                buf = state["momentum_buffer"] = be.xp.zeros_like(p.data)
-                first = not ema
-        be.sgd_update(p.data, grad, buf, float(group["lr"]), momentum=momentum,
-                      dampening=momentum if ema else float(group["dampening"]),
-                      nesterov=bool(group["nesterov"]),
-                      weight_decay=float(group["weight_decay"]), first_step=first)
+        return dict(momentum=momentum,
+                    dampening=momentum if group["ema_momentum"] else float(group["dampening"]),
+                    nesterov=bool(group["nesterov"]), weight_decay=float(group["weight_decay"]))
+
+    def _update(self, be, p, grad, state, group):
+        buf, first = self._buffer(be, p, state, group)
+        be.sgd_update(p.data, grad, buf, float(group["lr"]), first_step=first,
+                      **self._hyper(group))
+
+    def _update_group(self, be, items, group):
+        """One ``sgd_update_multi`` launch per (dtype, first step) where the backend has it."""
+        multi = getattr(be, "sgd_update_multi", None)
+        if multi is None:
+            return super()._update_group(be, items, group)
+        firsts = {id(p): self._buffer(be, p, st, group)[1] for p, _, st in items}
+        buckets, rest = fused_buckets(items, lambda it: (it[0].data.dtype.str, firsts[id(it[0])]))
+        for (_, first), bucket in buckets.items():
+            multi([p.data for p, _, _ in bucket], [g for _, g, _ in bucket],
+                  [st.get("momentum_buffer") for _, _, st in bucket], float(group["lr"]),
+                  first_step=first, **self._hyper(group))
+        for p, grad, state in rest:   # buffers exist now: _update sees first_step False
+            be.sgd_update(p.data, grad, state.get("momentum_buffer"), float(group["lr"]),
+                          first_step=firsts[id(p)], **self._hyper(group))
 
 
 def _check_group(g: dict) -> None:

@@ -163,6 +163,12 @@ class ndarray(np.ndarray):
     def device(self):
         return _Device(self._device_id)
 
+    @property
+    def data(self):
+        """CuPy's ``MemoryPointer``; ``.ptr`` is the address kernels dereference (here the
+        host address of the simulated device memory)."""
+        return _MemoryPointer(np.ndarray.view(self, np.ndarray).ctypes.data)
+
     def get(self, stream=None, order="C", out=None):
         """Host copy (CuPy's ``ndarray.get``)."""
         return asnumpy(self)
@@ -389,6 +395,13 @@ def asnumpy(a, stream=None, order="C", out=None):
     if isinstance(a, ndarray):
         _d2h("asnumpy", host.nbytes)
     return host
+
+
+class _MemoryPointer:
+    """cupy.cuda.MemoryPointer: only ``ptr``."""
+
+    def __init__(self, ptr):
+        self.ptr = int(ptr)
 
 
 class _Ufunc:
