@@ -133,7 +133,45 @@ def build_scheduler(cfg: dict, optimizer, steps_per_epoch: int):
 
 def _all_finite(model) -> bool:
     xp = B.get().xp
-    return all(bool(xp.isfinite(p.data).all()) for p in model.parameters())
+    # one flag per parameter, stacked on the device: the host reads one value (one sync)
+    flags = [xp.isfinite(p.data).all() for p in model.parameters()]
+    return bool(xp.stack(flags).all()) if flags else True
+
+
+class _StepMetrics:
+    """The training loop's loss/accuracy sums, kept as arrays of the backend: a step adds to
+    them without the host waiting for the device; :meth:`read` (one synchronisation on a
+    GPU) runs only every ``every`` steps and when the caller needs the numbers (epoch end,
+    interrupt).  A non-finite loss makes ``loss_sum`` non-finite, so checking it at the read
+    points covers every step since the previous read (``every=1``: before each update)."""
+
+    def __init__(self, loss_sum=0.0, correct=0, seen=0, every=1):
+        self.loss_sum, self.correct, self.seen = loss_sum, correct, seen
+        self.every, self.pending, self.shown = max(1, int(every)), 0, float("nan")
+        self.last = None
+
+    def add(self, loss, logits, y) -> None:
+        n = int(y.shape[0])   # a shape: host data, no synchronisation
+        self.last = loss
+        self.loss_sum = self.loss_sum + loss * n
+        self.correct = self.correct + (logits.argmax(axis=1) == y).sum()
+        self.seen += n
+        self.pending += 1
+
+    def due(self) -> bool:
+        return self.pending >= self.every
+
+    def read(self):
+        """``(last loss, loss sum, correct count)`` as host numbers."""
+        self.pending = 0
+        if self.last is not None:
+            self.shown = float(self.last)
+        return self.shown, float(self.loss_sum), int(self.correct)
+
+
+def _read_every(be) -> int:
+    """Steps between metric reads: every step where reading is free (the CPU), else 50."""
+    return 1 if be.name == "cpu" else 50
 
 
 class _Progress:
@@ -373,36 +411,39 @@ def train(args) -> dict:
             model.train()
             progress = _Progress(args.progress, steps_per_epoch, epoch + 1, cfg["epochs"])
             t0 = time.perf_counter()
-            loss_sum, seen, step = partial["loss_sum"], partial["seen"], partial["step"]
-            correct = partial["correct"]
+            step = partial["step"]
+            metrics = _StepMetrics(partial["loss_sum"], partial["correct"], partial["seen"],
+                                   _read_every(be))
             lr_used = optimizer.param_groups[0]["lr"]
             try:
                 for xb, yb in loader:
                     step += 1
                     logits = model(xb)
-                    loss = float(criterion(logits, yb))
-                    if not math.isfinite(loss):
-                        kept = (f"the last checkpoint {ckpt_path} is intact"
-                                if ckpt_path.exists() else "no checkpoint was written yet")
-                        raise TrainingDiverged(
-                            f"loss is {loss} at epoch {epoch + 1}, step {step} (lr "
-                            f"{optimizer.param_groups[0]['lr']:.4g}); stopped before the "
-                            f"update; {kept}. Try a lower --lr or --warmup-epochs.")
+                    metrics.add(criterion(logits, yb), logits, yb)
+                    if metrics.due():
+                        loss, total, _ = metrics.read()
+                        if not math.isfinite(total):
+                            kept = (f"the last checkpoint {ckpt_path} is intact"
+                                    if ckpt_path.exists() else "no checkpoint was written yet")
+                            where = (f"step {step}" if metrics.every == 1 else
+                                     f"one of steps {max(1, step - metrics.every + 1)}-{step}")
+                            raise TrainingDiverged(
+                                f"loss is {loss} at epoch {epoch + 1}, {where} (lr "
+                                f"{optimizer.param_groups[0]['lr']:.4g}); stopped "
+                                f"{'before the update' if metrics.every == 1 else 'there'}; "
+                                f"{kept}. Try a lower --lr or --warmup-epochs.")
                     optimizer.zero_grad()
                     # the images need no gradient: skip the first layer's dL/dx
                     model.backward(criterion.backward(), input_grad=False)
                     optimizer.step()
                     lr_used = optimizer.param_groups[0]["lr"]
                     scheduler.step()
-                    n = int(yb.shape[0])
-                    loss_sum += loss * n
-                    seen += n
-                    correct = correct + (logits.argmax(axis=1) == yb).sum()
                     elapsed = partial["seconds"] + time.perf_counter() - t0
-                    progress.update(step, loss, seen / max(elapsed, 1e-9))
+                    progress.update(step, metrics.shown, metrics.seen / max(elapsed, 1e-9))
                     if stop.requested and step < steps_per_epoch:
-                        partial = {"step": step, "loss_sum": loss_sum, "seen": seen,
-                                   "correct": int(correct), "seconds": elapsed}
+                        _, loss_sum, correct = metrics.read()
+                        partial = {"step": step, "loss_sum": loss_sum, "seen": metrics.seen,
+                                   "correct": correct, "seconds": elapsed}
                         checkpoint(epoch, partial, test_acc)
                         raise TrainingInterrupted(
                             f"interrupted at epoch {epoch + 1}, step {step}; saved "
@@ -413,10 +454,12 @@ def train(args) -> dict:
                 progress.close()
             be.synchronize()  # a no-op on the CPU; on the GPU the epoch's time is real
             train_seconds = partial["seconds"] + time.perf_counter() - t0
-            if not _all_finite(model):
+            _, loss_sum, correct = metrics.read()
+            seen = metrics.seen
+            if not (math.isfinite(loss_sum) and _all_finite(model)):
                 raise TrainingDiverged(
-                    f"the weights became NaN/inf during epoch {epoch + 1} (last step "
-                    f"{step}); the checkpoint {ckpt_path} from the previous epoch is intact; "
+                    f"the loss or the weights became NaN/inf during epoch {epoch + 1} (last "
+                    f"step {step}); the checkpoint {ckpt_path} from the previous epoch is intact; "
                     "try a lower --lr")
             test_acc = float((predict(model, ds.x_test, 256, test_t) == ds.y_test).mean())
             best_acc = max(best_acc, test_acc)
