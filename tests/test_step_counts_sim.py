@@ -53,3 +53,65 @@ def test_one_generator_per_backend_and_exact_resume(gpu):
     for u, v in zip(a, b):
         np.testing.assert_array_equal(u, v)
     assert not np.array_equal(a[0], gpu.to_numpy(gpu.random((5,))))
+
+
+@pytest.fixture(scope="module")
+def cuda_active(gpu):
+    import nnx.backend as B
+    import nnx.models  # noqa: F401
+    with sim_backend.registered_as_cuda(gpu):
+        B.use("cuda")
+        yield gpu
+
+
+def _step(optimizer, batch=8):
+    import step_trace
+    model, crit, opt, x, y = step_trace.build(nnx, "simple_cnn", batch, optimizer)
+    return step_trace.make_step(nnx, model, crit, opt), x, y, model
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_training_step_counts(cuda_active, optimizer):
+    """One launch for the whole optimizer step; nothing in the trainer, optimizer or backend
+    makes the host wait; two consecutive steps launch and allocate identically."""
+    import step_trace
+    step, x, y, model = _step(optimizer)
+    first, second = step_trace.trace_steps(step, x, y, warmup=1, steps=2)
+    names = second.names()
+    fused = {"sgd": "sgd_update_multi<float>", "adam": "adam_update_multi<float>",
+             "adamw": "adam_update_multi<float>"}[optimizer]
+    assert names[fused] == 1
+    assert not any(n.startswith(("sgd_update<", "adam_update<")) for n in names)
+    # syncs, if any, come from the layers (nnx/nn), never from what this work owns
+    for name in second.names("sync"):
+        assert not any(part in name for part in ("train.py", "optim/", "backend/")), name
+    assert first.sequence() == second.sequence()
+    assert second.counts()["rng_create"] == 0
+
+
+def test_step_metrics_read_only_when_due(cuda_active):
+    import nnx.train as T
+    be = cuda_active
+    metrics = T._StepMetrics(every=3)
+    logits = be.asarray(np.array([[0.1, 2.0], [3.0, 0.5]], np.float32))
+    y = be.asarray(np.array([1, 1]))
+    with fake_cupy.trace() as t:
+        for loss in (0.5, float("nan"), 0.25):
+            metrics.add(be.asarray(np.float32(loss)), logits, y)
+            if metrics.due():
+                break
+    assert t.counts()["d2h"] == 0 and metrics.due()
+    shown, total, correct = metrics.read()
+    assert shown == 0.25 and np.isnan(total) and correct == 3 and metrics.seen == 6
+    assert not metrics.due()
+
+
+def test_all_finite_reads_one_flag(cuda_active):
+    import nnx.train as T
+    _, _, _, model = _step("sgd")
+    with fake_cupy.trace() as t:
+        assert T._all_finite(model)
+    assert t.counts()["d2h"] == 1
+    p = next(iter(model.parameters()))
+    p.data[0] = np.float32(np.inf)
+    assert not T._all_finite(model)

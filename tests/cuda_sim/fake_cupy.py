@@ -127,8 +127,22 @@ def _event(kind, name, nbytes=0):
 
 
 def _d2h(name, nbytes):
-    _event("d2h", name, nbytes)
-    _event("sync", name)
+    if _TRACES:
+        name = f"{name}@{_caller()}"
+        _event("d2h", name, nbytes)
+        _event("sync", name)
+
+
+def _caller() -> str:
+    """``file:line`` of the first frame outside this module and NumPy (who asked)."""
+    f = sys._getframe(2)
+    while f is not None and (f.f_code.co_filename == __file__
+                             or "/numpy/" in f.f_code.co_filename):
+        f = f.f_back
+    if f is None:
+        return "?"
+    parts = Path(f.f_code.co_filename).parts
+    return f"{'/'.join(parts[-2:])}:{f.f_lineno}"
 
 
 def _alloc_of(result, name):
@@ -598,7 +612,8 @@ class _Device:
 
     def synchronize(self):
         _log("cupy.cuda.Device.synchronize", (), {})
-        _event("sync", "Device.synchronize")
+        if _TRACES:
+            _event("sync", f"Device.synchronize@{_caller()}")
 
 
 def _get_device_count():
