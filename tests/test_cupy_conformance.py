@@ -82,6 +82,14 @@ def _workload(tmp_path):
             model.backward(crit.backward())
             opt.step()
         assert train._all_finite(model)  # the trainer's own use of xp
+        from nnx.backend.cuda_graph import CapturedStep   # the graph-capture path's CuPy API
+        allocator = fake_cupy.cuda.get_allocator()
+        try:
+            captured = CapturedStep(be, opt.step)
+            with pytest.raises(NotImplementedError):
+                captured()
+        finally:
+            fake_cupy.cuda.set_allocator(allocator)
         _newer_layers_and_losses(be, nn, f32, rng)
 
 
@@ -185,7 +193,9 @@ def test_fake_api_exists_in_real_cupy(real_cupy, tmp_path):
                  "cupy.cuda.Device", "cupy.cuda.Device.__enter__",
                  "cupy.random.RandomState.random_sample", "cupy.get_default_memory_pool",
                  "cupy.cuda.MemoryPool.used_bytes", "cupy.cuda.runtime.memGetInfo",
-                 "cupy.isfinite"):
+                 "cupy.isfinite", "cupy.cuda.Stream.begin_capture",
+                 "cupy.cuda.Stream.end_capture", "cupy.cuda.MemoryAsyncPool",
+                 "cupy.cuda.set_allocator", "cupy.random.RandomState.seed"):
         assert must in fake_cupy.API_LOG, f"workload never used {must}"
     assert {"flags", "dtype", "shape"} <= fake_cupy.NDARRAY_ATTRS
     assert checked > 30, checked

@@ -115,3 +115,38 @@ def test_all_finite_reads_one_flag(cuda_active):
     p = next(iter(model.parameters()))
     p.data[0] = np.float32(np.inf)
     assert not T._all_finite(model)
+
+
+def test_captured_optimizer_step_is_one_fused_launch(cuda_active, rng):
+    """The capture path (nnx.backend.cuda_graph) on what the fake can check: the capture
+    succeeds for a fused optimizer step (no sync, no upload, stream-ordered allocations) and
+    holds exactly its launch.  Replay needs a GPU (bench/gpu_check.py measures it)."""
+    from nnx.backend.cuda_graph import CapturedStep
+    be = cuda_active
+    model = nnx.models.get("simple_cnn", in_channels=1, num_classes=3, image_size=8)
+    model.to(be)
+    for p in model.parameters():
+        p.grad = be.asarray(rng.standard_normal(p.data.shape).astype(np.float32))
+    opt = nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    allocator = fake_cupy.cuda.get_allocator()
+    try:
+        step = CapturedStep(be, lambda: opt.step())
+        launches = [e for e in step.graph.events if e[0] == "launch"]
+        assert launches == [("launch", "sgd_update_multi<float>", 0)]
+        with pytest.raises(NotImplementedError, match="replay"):
+            step()
+    finally:
+        fake_cupy.cuda.set_allocator(allocator)
+
+
+def test_training_step_capture_names_what_blocks_it(cuda_active):
+    """Today a full step does not capture: CrossEntropyLoss reads its labels on the host."""
+    from nnx.backend.cuda_graph import CapturedStep
+    step, x, y, _ = _step("sgd")
+    allocator = fake_cupy.cuda.get_allocator()
+    try:
+        with pytest.raises(RuntimeError, match=r"StreamCaptureUnsupported.*nn/loss\.py"):
+            CapturedStep(cuda_active, step, x, y)
+        assert not getattr(fake_cupy._THREAD, "capturing", None)
+    finally:
+        fake_cupy.cuda.set_allocator(allocator)

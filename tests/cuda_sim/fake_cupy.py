@@ -122,11 +122,29 @@ class trace:
 
 
 def _event(kind, name, nbytes=0):
+    stream = getattr(_THREAD, "capturing", None)
+    if stream is not None:
+        if kind == "alloc" and not isinstance(_ALLOCATOR[0], _AsyncMalloc):
+            stream._capture_failed = True
+            raise RuntimeError(f"cudaErrorStreamCaptureUnsupported: cudaMalloc ({name}) at "
+                               f"{_caller()} while capturing: use cupy.cuda.MemoryAsyncPool")
+        stream._captured.append((kind, name, int(nbytes)))
     for t in _TRACES:
         t.events.append((kind, name, int(nbytes)))
 
 
+def _not_in_capture(what):
+    """CUDA refuses host-synchronous work on a capturing stream
+    (cudaErrorStreamCaptureUnsupported, and the capture is invalidated)."""
+    stream = getattr(_THREAD, "capturing", None)
+    if stream is not None:
+        stream._capture_failed = True
+        raise RuntimeError(f"cudaErrorStreamCaptureUnsupported: {what} at {_caller()} while "
+                           f"a stream is capturing a CUDA graph")
+
+
 def _d2h(name, nbytes):
+    _not_in_capture(f"device->host copy ({name})")
     if _TRACES:
         name = f"{name}@{_caller()}"
         _event("d2h", name, nbytes)
@@ -363,6 +381,8 @@ def asarray(x, dtype=None, order=None):
     _log("cupy.asarray", (x,), _given(dtype=dtype, order=order))
     if isinstance(x, ndarray) and (dtype is None or np.dtype(dtype) == x.dtype):
         return x  # CuPy's asarray does not copy a device array
+    if not isinstance(x, ndarray):
+        _not_in_capture("host->device copy from pageable memory (asarray)")
     out = _dev(np.array(x, dtype=dtype, copy=True))  # a "transfer" never aliases host memory
     if isinstance(x, ndarray):
         _event("launch", "asarray")   # a dtype conversion on the device
@@ -612,8 +632,96 @@ class _Device:
 
     def synchronize(self):
         _log("cupy.cuda.Device.synchronize", (), {})
+        _not_in_capture("Device.synchronize")
         if _TRACES:
             _event("sync", f"Device.synchronize@{_caller()}")
+
+
+class _Graph:
+    """cupy.cuda.graph.Graph from end_capture: the captured events are kept (``events``),
+    but NumPy already ran them eagerly, so the fake cannot replay a graph."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def launch(self, stream=None):
+        _log("cupy.cuda.graph.Graph.launch", (), {} if stream is None else {"stream": stream})
+        raise NotImplementedError("fake cupy cannot replay a CUDA graph (its operations ran "
+                                  "eagerly in NumPy during capture)")
+
+
+class _Stream:
+    """cupy.cuda.Stream(null=False, non_blocking=False, ptds=False, priority=None) with
+    graph capture.  Work in the fake is synchronous, so a stream only tracks capture."""
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        _log("cupy.cuda.Stream", (), _given(null=null or None, non_blocking=non_blocking or None,
+                                            ptds=ptds or None, priority=priority))
+        self._captured, self._capture_failed, self._saved = None, False, []
+
+    def __enter__(self):
+        _log("cupy.cuda.Stream.__enter__", (), {})
+        self._saved.append(getattr(_THREAD, "stream", None))
+        _THREAD.stream = self
+        return self
+
+    def __exit__(self, *exc):
+        _THREAD.stream = self._saved.pop()
+
+    def begin_capture(self, mode=None):
+        _log("cupy.cuda.Stream.begin_capture", (), {} if mode is None else {"mode": mode})
+        if getattr(_THREAD, "stream", None) is not self:
+            raise RuntimeError("begin_capture: make the stream current first (with stream:)")
+        self._captured, self._capture_failed = [], False
+        _THREAD.capturing = self
+
+    def is_capturing(self):
+        _log("cupy.cuda.Stream.is_capturing", (), {})
+        return getattr(_THREAD, "capturing", None) is self
+
+    def end_capture(self):
+        _log("cupy.cuda.Stream.end_capture", (), {})
+        if getattr(_THREAD, "capturing", None) is not self:
+            raise RuntimeError("end_capture: the stream is not capturing")
+        _THREAD.capturing = None
+        if self._capture_failed:
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated: an operation during "
+                               "capture was not capturable")
+        return _Graph(self._captured)
+
+    def synchronize(self):
+        _log("cupy.cuda.Stream.synchronize", (), {})
+        _not_in_capture("Stream.synchronize")
+        if _TRACES:
+            _event("sync", f"Stream.synchronize@{_caller()}")
+
+
+class _DefaultMalloc:
+    """The default pool's ``malloc`` (cudaMalloc behind a cache: not capturable)."""
+
+
+class _AsyncMalloc:
+    """cupy.cuda.MemoryAsyncPool().malloc: stream-ordered, capturable allocations."""
+
+
+class _AsyncPool:
+    def __init__(self, pool_handles="current"):
+        _log("cupy.cuda.MemoryAsyncPool", (), {} if pool_handles == "current" else
+             {"pool_handles": pool_handles})
+        self.malloc = _AsyncMalloc()
+
+
+_ALLOCATOR = [_DefaultMalloc()]
+
+
+def _set_allocator(allocator=None):
+    _log("cupy.cuda.set_allocator", (allocator,), {})
+    _ALLOCATOR[0] = _DefaultMalloc() if allocator is None else allocator
+
+
+def _get_allocator():
+    _log("cupy.cuda.get_allocator", (), {})
+    return _ALLOCATOR[0]
 
 
 def _get_device_count():
@@ -644,7 +752,9 @@ __version__ = "fake (tests/cuda_sim)"
 
 random = _Namespace("cupy.random", RandomState=_RandomState)
 cuda = _Namespace(
-    "cupy.cuda", Device=_Device, MemoryPool=_Pool,
+    "cupy.cuda", Device=_Device, MemoryPool=_Pool, Stream=_Stream, MemoryAsyncPool=_AsyncPool,
+    set_allocator=_set_allocator, get_allocator=_get_allocator,
+    graph=_Namespace("cupy.cuda.graph", Graph=_Graph),
     runtime=_Namespace("cupy.cuda.runtime", getDeviceCount=_get_device_count,
                        memGetInfo=_mem_get_info, getDeviceProperties=_get_device_properties,
                        runtimeGetVersion=_version("runtimeGetVersion"),
