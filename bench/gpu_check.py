@@ -15,6 +15,10 @@ the next stage runs; results are rewritten after every stage, so a kill leaves t
   train_step  bench/train_step.py: reference CNN and ResNet, batches 32/128/512, vs PyTorch
               CUDA eager (both synchronize before reading clocks).
   digits      the digits CNN trained a few epochs on cuda and on cpu; test accuracies.
+  graph       CUDA graph capture (nnx.backend.cuda_graph): the reference CNN's fused SGD step
+              eager vs captured+replayed (ms per step), and whether a whole training step
+              captures (today CrossEntropyLoss's host read of the labels refuses it; the
+              reason is recorded).  --simulate checks the capture only (no replay).
 Results: gpu_check[_sim].{json,md} in bench/results/ and in --out; the child benchmarks
 write theirs next to them.  Nothing is installed.
 """
@@ -31,10 +35,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-STAGES = ("env", "tests", "copy", "ops", "train_step", "digits")
+STAGES = ("env", "tests", "copy", "ops", "train_step", "digits", "graph")
 # seconds per stage on a GPU (sum ~7.5 min) and in --simulate (tiny sizes)
-BUDGET = {"env": 45, "tests": 150, "copy": 20, "ops": 80, "train_step": 110, "digits": 60}
-BUDGET_SIM = {"env": 60, "tests": 120, "copy": 30, "ops": 120, "train_step": 120, "digits": 90}
+BUDGET = {"env": 45, "tests": 150, "copy": 20, "ops": 80, "train_step": 110, "digits": 60,
+          "graph": 40}
+BUDGET_SIM = {"env": 60, "tests": 120, "copy": 30, "ops": 120, "train_step": 120, "digits": 90,
+              "graph": 90}
 
 
 def parse_args(argv=None):
@@ -190,7 +196,56 @@ def stage_digits(simulate):
     return out
 
 
-CHILD = {"env": stage_env, "copy": stage_copy, "digits": stage_digits}
+def stage_graph(simulate):
+    import numpy as np
+    import nnx
+    import nnx.models  # noqa: F401
+    from nnx.backend.cuda_graph import CapturedStep
+    be = nnx.backend.use("cuda")
+    batch, repeats = (8, 3) if simulate else (128, 200)
+    nnx.manual_seed(0)
+    model = nnx.models.get("simple_cnn")
+    rng = np.random.default_rng(0)
+    for p in model.parameters():   # fixed gradients: the optimizer step alone is captured
+        p.grad = be.asarray(rng.standard_normal(p.data.shape).astype(p.data.dtype))
+    opt = nnx.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def per_step_ms(fn):
+        fn()
+        be.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        be.synchronize()
+        return (time.perf_counter() - t0) / repeats * 1e3
+
+    out = {"model": "simple_cnn", "batch": batch, "eager_sgd_step_ms": per_step_ms(opt.step)}
+    captured = CapturedStep(be, opt.step)
+    events = getattr(captured.graph, "events", None)   # the fake keeps them; CuPy does not
+    out["captured_launches"] = (None if events is None
+                                else sum(e[0] == "launch" for e in events))
+    if simulate:
+        out["graph_sgd_step_ms"] = "not simulated (the fake cannot replay a graph)"
+    else:
+        out["graph_sgd_step_ms"] = per_step_ms(captured)
+    crit = nnx.nn.CrossEntropyLoss()
+    x = be.asarray(rng.standard_normal((batch, 3, 32, 32), dtype=np.float32))
+    y = be.asarray(rng.integers(0, 10, batch))
+
+    def train_step(xb, yb):
+        crit(model(xb), yb)
+        opt.zero_grad()
+        model.backward(crit.backward(), input_grad=False)
+        opt.step()
+    try:
+        CapturedStep(be, train_step, x, y)
+        out["full_step_capture"] = "captured"
+    except Exception as exc:  # the reason is the result here
+        out["full_step_capture"] = f"refused: {str(exc).splitlines()[0][:300]}"
+    return out
+
+
+CHILD = {"env": stage_env, "copy": stage_copy, "digits": stage_digits, "graph": stage_graph}
 
 
 def child_main(args):
@@ -324,6 +379,10 @@ class Run:
     def run_digits(self):
         status, secs, tail, data = self.child("digits")
         self.record("digits", status, secs, data, tail)
+
+    def run_graph(self):
+        status, secs, tail, data = self.child("graph")
+        self.record("graph", status, secs, data, tail)
 
     # -------------------------------------------------------------- output
     def write(self):

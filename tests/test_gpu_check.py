@@ -32,7 +32,7 @@ def test_gpu_check_simulate_passes(tmp_path):
         assert (d / "ops_cuda_gpu_check_sim.json").exists()
         assert (d / "train_step_cuda_gpu_check_sim.json").exists()
     st = data["stages"]
-    assert list(st) == ["env", "tests", "copy", "ops", "train_step", "digits"]
+    assert list(st) == ["env", "tests", "copy", "ops", "train_step", "digits", "graph"]
     assert all(s["status"] == "pass" for s in st.values())
     assert st["env"]["detail"]["smoke"] == "relu<float> matches NumPy"
     assert st["tests"]["detail"]["sim"]["tests"] > 0 and not st["tests"]["detail"]["sim"]["failures"]
@@ -41,6 +41,8 @@ def test_gpu_check_simulate_passes(tmp_path):
                                               if r["gb_per_s"])
     assert {r["model"] for r in st["train_step"]["detail"]["runs"]} == {"simple_cnn", "resnet"}
     assert st["digits"]["detail"]["cuda"]["test_accuracy"] >= 0
+    assert st["graph"]["detail"]["captured_launches"] == 1     # the fused SGD launch
+    assert st["graph"]["detail"]["full_step_capture"].startswith("refused")
 
 
 def test_gpu_check_stops_early_when_the_backend_cannot_start(tmp_path):
