@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,8 +53,8 @@ def main(argv=None):
     import sim_backend
     import step_trace
     rows = []
-    with tempfile.TemporaryDirectory() as build, \
-            sim_backend.simulated_backend(build) as be, sim_backend.registered_as_cuda(be):
+    # the fake's default build folder: simulated kernels are cached there by content hash
+    with sim_backend.simulated_backend() as be, sim_backend.registered_as_cuda(be):
         import nnx
         import nnx.models  # noqa: F401
         nnx.backend.use("cuda")

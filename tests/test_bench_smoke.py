@@ -92,3 +92,18 @@ def test_compare_checkouts_smoke(tmp_path):
     assert run["same_first_loss"] and run["ratio_after_before"]["rounds"] == 2
     assert run["before"]["repeats"] == 2 and run["after"]["median_ms"] > 0
     assert "ratio after/before" in (tmp_path / "compare_checkouts_smoke.md").read_text()
+
+
+def test_step_counts_smoke(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "tests", "cuda_sim"))
+    import sim_backend
+    if sim_backend.available():
+        pytest.skip(sim_backend.available())
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "step_counts.py"), "--models",
+           "simple_cnn", "--batch", "4", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "step_counts.json") as f:
+        row = json.load(f)["rows"][0]
+    assert row["launches"] > 0 and row["launch_names"]["sgd_update_multi<float>"] == 1
+    assert row["identical_consecutive_steps"] is True
