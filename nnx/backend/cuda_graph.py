@@ -16,7 +16,12 @@ Rules that capture imposes, and how this module meets them:
 
 The nnx layers do not all meet the second rule yet (``CrossEntropyLoss`` validates labels
 with a host read); such a step fails to capture with CUDA's error naming the cause, and
-:class:`CapturedStep` raises it as ``RuntimeError``.  Opt-in only: nothing in nnx uses it
+:class:`CapturedStep` raises it as ``RuntimeError``.  A second limit for a whole step: the
+multi-tensor optimizer uploads a new pointer table when a gradient sits at a new address,
+and gradients allocated inside the capture (``Parameter.accumulate`` allocates on first
+use) get graph-owned addresses, so that upload would also be refused; persistent gradient
+buffers would remove it.  A step over persistent arrays (the optimizer step with
+gradients kept between steps) captures today.  Opt-in only: nothing in nnx uses it
 by default.
 """
 from __future__ import annotations

@@ -239,29 +239,7 @@ class ndarray(np.ndarray):
         _event("launch", "fill")
         super().fill(value)
 
-    def item(self, *args):
-        _d2h("item", self.itemsize)
-        return super().item(*args)
-
-    def tolist(self):
-        _d2h("tolist", self.nbytes)
-        return super().tolist()
-
-    def __float__(self):
-        _d2h("float", self.itemsize)
-        return super().__float__()
-
-    def __int__(self):
-        _d2h("int", self.itemsize)
-        return super().__int__()
-
-    def __index__(self):
-        _d2h("index", self.itemsize)
-        return super().__index__()
-
-    def __bool__(self):
-        _d2h("bool", self.itemsize)
-        return super().__bool__()
+    # host reads of device data: each a device->host copy (and a wait), see _host_read
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         _reject_host(f"{ufunc.__name__}.{method}" if method != "__call__" else ufunc.__name__,
@@ -289,6 +267,21 @@ class ndarray(np.ndarray):
             _alloc_of(result, func.__name__)
         return _wrap(result)
 
+
+def _host_read(method, label):
+    """``ndarray.<method>`` of NumPy, recorded as a device->host copy of the array."""
+    base = getattr(np.ndarray, method)
+
+    def read(self, *args):
+        _d2h(label, self.nbytes)
+        return base(self, *args)
+    read.__name__ = method
+    return read
+
+
+for _method, _label in (("item", "item"), ("tolist", "tolist"), ("__float__", "float"),
+                        ("__int__", "int"), ("__index__", "index"), ("__bool__", "bool")):
+    setattr(ndarray, _method, _host_read(_method, _label))
 
 ndarray.__module__ = "cupy._core.core"   # nnx detects CuPy arrays by module name
 
