@@ -83,6 +83,17 @@ def test_im2col_scratch_buffers_do_not_alias(rng):
     np.testing.assert_array_equal(d1, keep)
 
 
+def test_im2col_scratch_border_stays_zero_across_paddings(rng):
+    """Two geometries with the same padded shape, (7, 5) + padding (0, 1) and (5, 5) +
+    padding (1, 1): the first writes its interior where the second's zero border lies."""
+    from test_conv import naive_im2col
+    a = rng.standard_normal((2, 3, 7, 5)).astype(np.float32)
+    b = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    cpu_conv.im2col(a, (3, 3), (1, 1), (0, 1), (1, 1))
+    got = cpu_conv.im2col(b, (3, 3), (2, 2), (1, 1), (1, 1))
+    np.testing.assert_array_equal(got, naive_im2col(b, (3, 3), (2, 2), (1, 1), (1, 1)))
+
+
 def test_relu_inplace(rng):
     x = rng.standard_normal((4, 5)).astype(np.float32)
     expected = np.maximum(x, 0)

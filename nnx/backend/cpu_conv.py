@@ -98,8 +98,11 @@ def im2col(x, kernel, stride, padding, dilation):
     def part(a, b):
         xa = x[a:b]
         if ph or pw:
-            # zero border kept from the buffer's creation; only the interior is rewritten
-            xpad = _scratch("im2col_pad", (b - a, c, h + 2 * ph, w + 2 * pw), x.dtype)
+            # zero border kept from the buffer's creation; only the interior is rewritten.
+            # The key holds the padding: another (h, w, padding) with the same padded shape
+            # writes its interior over this one's border.
+            xpad = _scratch(("im2col_pad", ph, pw), (b - a, c, h + 2 * ph, w + 2 * pw),
+                            x.dtype)
             xpad[:, :, ph:ph + h, pw:pw + w] = xa
         else:
             xpad = xa
