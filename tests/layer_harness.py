@@ -37,6 +37,7 @@ import numpy as np
 import nnx
 import nnx.backend as B
 from nnx import nn
+from nnx.gradcheck import _flatten, _rebuild  # the same output (un)flattening
 from nnx.nn import functional as F
 from tolerances import gamma, network_rtol
 
@@ -89,18 +90,6 @@ def _build(make, dtype):
     return make(dtype)
 
 
-def _flat(out):
-    if isinstance(out, (tuple, list)):
-        return [a for o in out for a in _flat(o)]
-    return [] if out is None else [out]
-
-
-def _rebuild(struct, it):
-    if isinstance(struct, (tuple, list)):
-        return type(struct)(_rebuild(s, it) for s in struct)
-    return None if struct is None else next(it)
-
-
 def _run(layer, inputs, check_inputs, before_forward, seed=5):
     """Forward and backward with a fixed random upstream gradient; returns host copies of
     the outputs, the checked inputs' gradients and the parameter gradients (in order)."""
@@ -110,7 +99,7 @@ def _run(layer, inputs, check_inputs, before_forward, seed=5):
         before_forward()
     out = layer(*inputs)
     rng = np.random.default_rng(seed)
-    flat = _flat(out)
+    flat = _flatten(out)
     grads = [be.asarray(rng.standard_normal(np.shape(o)).astype(o.dtype)) for o in flat]
     struct = _rebuild(out, iter(grads))
     dx = layer.backward(*struct) if isinstance(out, (tuple, list)) else layer.backward(struct)

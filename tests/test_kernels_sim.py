@@ -474,6 +474,20 @@ SGD_CASES = [dict(momentum=0.0), dict(momentum=0.9, first_step=True),
              dict(momentum=0.8, nesterov=True, weight_decay=1e-3)]
 
 
+def _sgd_scalars(case, lr, t):
+    """The SGD kernels' scalar arguments after the arrays, as the backend passes them."""
+    mom, damp = case["momentum"], case.get("dampening", 0.0)
+    return (t(lr), t(mom), t(1 - damp), t(case.get("weight_decay", 0.0)),
+            int(case.get("nesterov", False)), int(case.get("first_step", False)), int(mom != 0))
+
+
+def _adam_scalars(lr, b1, b2, eps, wd, step, decoupled, t):
+    """The Adam kernels' scalar arguments after the arrays (wd mode 0 none, 1 L2, 2 AdamW)."""
+    mode = 0 if not wd else (2 if decoupled else 1)
+    return (t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(wd), t(1 - lr * wd),
+            t(lr / (1 - b1 ** step)), t(1 - b2 ** step), mode)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", SGD_CASES)
 @pytest.mark.parametrize("launch", LAUNCH)
@@ -482,11 +496,7 @@ def test_sgd_update(sim, cpu, rng, dtype, case, launch):
     p, g, buf = (rng.standard_normal(n).astype(dtype) for _ in range(3))
     rp, rbuf = p.copy(), buf.copy()
     cpu.sgd_update(rp, g, rbuf if case["momentum"] else None, lr, **case)
-    mom, damp = case["momentum"], case.get("dampening", 0.0)
-    t = dtype
-    run(sim, f"sgd_update<{CT[dtype]}>", n, launch, n, p, g, buf, t(lr), t(mom), t(1 - damp),
-        t(case.get("weight_decay", 0.0)), int(case.get("nesterov", False)),
-        int(case.get("first_step", False)), int(mom != 0))
+    run(sim, f"sgd_update<{CT[dtype]}>", n, launch, n, p, g, buf, *_sgd_scalars(case, lr, dtype))
     np.testing.assert_allclose(p, rp, **tol(dtype))
     np.testing.assert_allclose(buf, rbuf, **tol(dtype))
 
@@ -500,11 +510,8 @@ def test_adam_update(sim, cpu, rng, dtype, wd, decoupled, launch):
     v = rng.random(n).astype(dtype)
     rp, rm, rv = p.copy(), m.copy(), v.copy()
     cpu.adam_update(rp, g, rm, rv, lr, b1, b2, eps, wd, step, decoupled=decoupled)
-    t = dtype
-    mode = 0 if not wd else (2 if decoupled else 1)
-    run(sim, f"adam_update<{CT[dtype]}>", n, launch, n, p, g, m, v, t(b1), t(1 - b1), t(b2),
-        t(1 - b2), t(eps), t(wd), t(1 - lr * wd), t(lr / (1 - b1 ** step)), t(1 - b2 ** step),
-        mode)
+    run(sim, f"adam_update<{CT[dtype]}>", n, launch, n, p, g, m, v,
+        *_adam_scalars(lr, b1, b2, eps, wd, step, decoupled, dtype))
     for a, b in ((p, rp), (m, rm), (v, rv)):
         np.testing.assert_allclose(a, b, **tol(dtype))
 
@@ -529,10 +536,8 @@ def test_sgd_update_multi(sim, cpu, rng, dtype, case, launch):
     for (rp, rb), (_, g, _) in zip(refs, rows):
         cpu.sgd_update(rp, g, rb if case["momentum"] else None, lr, **case)
     table = _table(rows)
-    mom, damp = case["momentum"], case.get("dampening", 0.0)
     run(sim, f"sgd_update_multi<{CT[dtype]}>", int(table[len(rows)]), launch, len(rows), table,
-        t(lr), t(mom), t(1 - damp), t(case.get("weight_decay", 0.0)),
-        int(case.get("nesterov", False)), int(case.get("first_step", False)), int(mom != 0))
+        *_sgd_scalars(case, lr, t))
     for (p, _, b), (rp, rb) in zip(rows, refs):
         np.testing.assert_allclose(p, rp, **tol(dtype))
         np.testing.assert_allclose(b, rb, **tol(dtype))
@@ -549,10 +554,8 @@ def test_adam_update_multi(sim, cpu, rng, dtype, wd, decoupled, launch):
     for (rp, rm, rv), (_, g, _, _) in zip(refs, rows):
         cpu.adam_update(rp, g, rm, rv, lr, b1, b2, eps, wd, step, decoupled=decoupled)
     table = _table(rows)
-    mode = 0 if not wd else (2 if decoupled else 1)
     run(sim, f"adam_update_multi<{CT[dtype]}>", int(table[len(rows)]), launch, len(rows),
-        table, t(b1), t(1 - b1), t(b2), t(1 - b2), t(eps), t(wd), t(1 - lr * wd),
-        t(lr / (1 - b1 ** step)), t(1 - b2 ** step), mode)
+        table, *_adam_scalars(lr, b1, b2, eps, wd, step, decoupled, t))
     for (p, _, m, v), ref in zip(rows, refs):
         for a, b in zip((p, m, v), ref):
             np.testing.assert_allclose(a, b, **tol(dtype))
