@@ -184,6 +184,52 @@ class Backend(ABC):
     def avgpool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad=True):
         """Gradient of :meth:`avgpool2d_forward`."""
 
+    # ---------------------------------------------------------------- batch normalisation
+    # (issue 17) reference versions in array math; the NumPy backend has C kernels
+    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5):
+        """Batch norm of ``x (N, C, *)`` over every axis but 1; returns ``(y, mean, var,
+        saved)``, ``saved`` opaque for :meth:`batchnorm_backward`::
+
+            mean is None (training):  μ = mean(x),  σ² = mean((x - μ)²)   (biased; returned)
+            else (eval):              μ, σ² = mean, var                  (running statistics)
+            x̂ = (x - μ)/√(σ² + ε),    y = γ·x̂ + β        (γ = 1, β = 0 when weight is None)
+
+        Running statistics are the caller's (the layer owns momentum)."""
+        xp = self.xp
+        axes, bshape = _bn_axes(x)
+        if mean is None:
+            mean = x.mean(axis=axes, dtype=x.dtype)
+            xc = x - mean.reshape(bshape)
+            var = (xc * xc).mean(axis=axes, dtype=x.dtype)
+        else:
+            xc = x - mean.reshape(bshape)
+        inv_std = 1.0 / xp.sqrt(var + x.dtype.type(eps))
+        xhat = xc * inv_std.reshape(bshape)
+        y = xhat if weight is None else xhat * weight.reshape(bshape) + bias.reshape(bshape)
+        return y, mean, var, ("xhat", xhat, inv_std)
+
+    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True):
+        """Gradients of :meth:`batchnorm_forward` for ``g = dy``: ``(dx or None, dγ, dβ)``
+        with ``s = 1/√(σ² + ε)`` and ``m`` values per channel::
+
+            dγ = Σ g·x̂,   dβ = Σ g      (returned also without affine parameters)
+            use_batch (μ, σ² from x):  dx = (γ·s/m)·(m·g - Σ g - x̂·Σ g·x̂)
+            else (constants):          dx = γ·s·g
+        """
+        _, xhat, inv_std = saved
+        axes, bshape = _bn_axes(dy)
+        m = dy.size // dy.shape[1]
+        sum_g = dy.sum(axis=axes)
+        sum_gx = (dy * xhat).sum(axis=axes)
+        if not need_dx:
+            return None, sum_gx, sum_g
+        scale = inv_std if weight is None else weight * inv_std
+        if not use_batch:
+            return dy * scale.reshape(bshape), sum_gx, sum_g
+        dx = dy * dy.dtype.type(m) - sum_g.reshape(bshape) - xhat * sum_gx.reshape(bshape)
+        dx *= (scale / dy.dtype.type(m)).reshape(bshape)
+        return dx, sum_gx, sum_g
+
     # ---------------------------------------------------------------- recurrent cells
     @abstractmethod
     def lstm_cell_forward(self, gates, c_prev):
@@ -242,6 +288,11 @@ def out_size(size, k, s, p, d=1):
     """Output length of a convolution or pooling axis:
     ``floor((size + 2p - d(k-1) - 1) / s) + 1``."""
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _bn_axes(x):
+    """Reduction axes (all but 1) and the broadcast shape of a per-channel vector."""
+    return (0,) + tuple(range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
 
 
 def _grouped_matmul(xp, a, b, groups, a_t=False):

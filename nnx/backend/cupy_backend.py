@@ -389,6 +389,18 @@ class CupyBackend(Backend):
                      (_i64(gx.size), *geo, _i32(bool(count_include_pad)), gy, gx))
         return gx
 
+    # ---------------------------------------------------------------- batch normalisation
+    # (issue 17) the base class's array math on CuPy arrays; inputs checked to be on device
+    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5):
+        x = self._native(x, "batchnorm_forward x")
+        weight, bias, mean, var = (None if a is None else self._same(x, a, "batchnorm_forward")
+                                   for a in (weight, bias, mean, var))
+        return super().batchnorm_forward(x, weight, bias, mean, var, eps)
+
+    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True):
+        dy = self._native(dy, "batchnorm_backward dy")
+        return super().batchnorm_backward(dy, saved, weight, use_batch, need_dx)
+
     # ---------------------------------------------------------------- recurrent cells
     def lstm_cell_forward(self, gates, c_prev):
         """``saved = (act, c_prev, c)`` with ``act`` the activated gates ``(N,4H)``."""

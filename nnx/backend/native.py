@@ -1,8 +1,9 @@
 """Compiled CPU kernels (``kernels/cpu/*.c``): built at first use, cached on disk, loaded with
 ctypes.
 
-The NumPy backend's convolution and max pooling have a C implementation next to the NumPy one
-(a direct convolution that never builds an im2col matrix, a one-pass max pool).  Like the CUDA
+The NumPy backend's convolution, max pooling and batch norm have a C implementation next to
+the NumPy one (a direct convolution that never builds an im2col matrix, a one-pass max pool,
+a batch norm with one pass for the statistics).  Like the CUDA
 kernels, the sources ship with nnx and are compiled lazily, here by the system C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``) with ``-O3 -march=native``.  The shared library is
 cached under ``$NNX_CACHE_DIR`` (default ``~/.cache/nnx``) keyed by a hash of the sources,
@@ -42,7 +43,7 @@ from .kernel_loader import candidate_dirs
 _FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC")
 _ARCH_FLAGS: tuple[str, ...] | None = None   # None: -march from NNX_CPU_ARCH (default native)
 
-_P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+_P, _I, _L, _D = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_double
 # exported functions per source file: name -> argument types (both _f32 and _f64 exist)
 _SIGNATURES = {
     "conv2d": {
@@ -52,6 +53,10 @@ _SIGNATURES = {
     "maxpool2d": {
         "maxpool2d_forward": [_P] * 3 + [_L] + [_I] * 10,
         "maxpool2d_backward": [_P] * 3 + [_L] + [_I] * 4,
+    },
+    "batchnorm2d": {
+        "batchnorm_forward": [_P] * 2 + [_L] * 5 + [_P] * 5 + [_D, _I],
+        "batchnorm_backward": [_P] * 3 + [_L] * 5 + [_P] * 5 + [_I],
     },
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Backend
-from . import cpu_conv, cpu_direct, cpu_memory, cpu_rnn
+from . import cpu_batchnorm, cpu_conv, cpu_direct, cpu_memory, cpu_rnn
 from .cpu_parallel import parallel_chunks
 
 
@@ -166,6 +166,18 @@ class NumpyBackend(Backend):
     def avgpool2d_backward(self, gy, x_shape, kernel, stride, padding, count_include_pad=True):
         return cpu_conv.avgpool2d_backward(gy, x_shape, kernel, stride, padding,
                                            count_include_pad)
+
+    # ---------------------------------------------------------------- batch normalisation
+    # (issue 17) the C kernels when available; base.py's array math is the reference
+    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5):
+        if cpu_batchnorm.supported(x, weight, bias, mean, var):
+            return cpu_batchnorm.forward(x, weight, bias, mean, var, eps)
+        return super().batchnorm_forward(x, weight, bias, mean, var, eps)
+
+    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True):
+        if isinstance(saved, cpu_batchnorm.BatchNormSaved):
+            return cpu_batchnorm.backward(dy, saved, weight, use_batch, need_dx)
+        return super().batchnorm_backward(dy, saved, weight, use_batch, need_dx)
 
     # ---------------------------------------------------------------- recurrent cells
     def lstm_cell_forward(self, gates, c_prev):

@@ -81,30 +81,20 @@ class _BatchNorm(Module):
             raise ValueError(f"{name}({self.num_features}) expects {self.num_features} "
                              f"channels in axis 1, got {x.shape[1]} (input shape "
                              f"{tuple(x.shape)})")
-        xp = B.get().xp
-        axes = (0,) + tuple(range(2, x.ndim))
-        bshape = (1, -1) + (1,) * (x.ndim - 2)
         m = x.size // self.num_features
         use_batch = self.training or not self.track_running_stats
-        if use_batch:
-            if m <= 1:
-                raise ValueError(f"{name}: expected more than 1 value per channel when "
-                                 f"training, got input shape {tuple(x.shape)}")
-            mean = x.mean(axis=axes, dtype=x.dtype)
-            xc = x - mean.reshape(bshape)
-            var = (xc * xc).mean(axis=axes, dtype=x.dtype)
-            if self.training and self.track_running_stats:
-                self._update_running(mean, var, m)
-        else:
-            mean, var = self.running_mean, self.running_var
-            xc = x - mean.reshape(bshape)
-        inv_std = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))
-        xhat = xc * inv_std.reshape(bshape)
-        if self.affine:
-            y = xhat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
-        else:
-            y = xhat
-        self.ctx.saved = (xhat, inv_std, use_batch, axes, bshape, m)
+        if use_batch and m <= 1:
+            raise ValueError(f"{name}: expected more than 1 value per channel when "
+                             f"training, got input shape {tuple(x.shape)}")
+        # the backend computes the equations above (the NumPy reference in
+        # nnx/backend/base.py, C kernels on the CPU); running statistics stay here
+        w = self.weight.data if self.affine else None
+        b = self.bias.data if self.affine else None
+        stats = (None, None) if use_batch else (self.running_mean, self.running_var)
+        y, mean, var, saved = B.get().batchnorm_forward(x, w, b, *stats, eps=self.eps)
+        if use_batch and self.training and self.track_running_stats:
+            self._update_running(mean, var, m)
+        self.ctx.saved = (saved, use_batch)
         return y
 
     def _update_running(self, mean, var, m):
@@ -123,19 +113,12 @@ class _BatchNorm(Module):
         rv += dt(mom * m / (m - 1)) * var
 
     def backward(self, dy):
-        xhat, inv_std, use_batch, axes, bshape, m = self.ctx.saved
+        saved, use_batch = self.ctx.saved
+        w = self.weight.data if self.affine else None
+        dx, dw, db = B.get().batchnorm_backward(dy, saved, w, use_batch)
         if self.affine:
-            self.bias.accumulate(dy.sum(axis=axes))
-            self.weight.accumulate((dy * xhat).sum(axis=axes))
-            scale = self.weight.data * inv_std
-        else:
-            scale = inv_std
-        if not use_batch:
-            return dy * scale.reshape(bshape)
-        sum_g = dy.sum(axis=axes).reshape(bshape)
-        sum_gx = (dy * xhat).sum(axis=axes).reshape(bshape)
-        dx = dy * dy.dtype.type(m) - sum_g - xhat * sum_gx
-        dx *= (scale / dy.dtype.type(m)).reshape(bshape)
+            self.bias.accumulate(db)
+            self.weight.accumulate(dw)
         return dx
 
     def extra_repr(self):

@@ -1,0 +1,129 @@
+/* Batch norm for one element type T, included by batchnorm2d.c (FN(name) adds _f32 / _f64).
+ * x, y, dy, dx are (N, C, S) C-ordered; per channel c the m = N*S values x[n, c, s].
+ *
+ *   stats (training):  K = x[0, c, 0] (a shift against cancellation),
+ *                      s1 = Σ (x - K),  s2 = Σ (x - K)²     (one pass, in double)
+ *                      μ = K + s1/m,    σ² = s2/m - (s1/m)²  (biased)
+ *   forward:           inv = 1/√(σ² + ε),  y = (x - μ)·(γ·inv) + β
+ *   backward:          Σg, Σg·(x - μ) in one pass (double);  dγ = inv·Σg·(x - μ),  dβ = Σg
+ *                      training: dx = γ·inv·(g - Σg/m - (x - μ)·inv²·Σg·(x - μ)/m)
+ *                      eval:     dx = γ·inv·g
+ * weight/bias may be NULL (affine=False: γ = 1, β = 0). */
+
+/* LANES consecutive values of one row, loaded unaligned and widened to double. */
+typedef T FN(vrow) __attribute__((vector_size(LANES * sizeof(T)), aligned(sizeof(T))));
+#define WIDEN(ptr) __builtin_convertvector(*(const FN(vrow) *)(ptr), vlanes)
+
+static double FN(lanes_sum)(vlanes a)
+{
+    double r = 0;
+    for (int j = 0; j < LANES; j++) r += a[j];
+    return r;
+}
+
+/* Σ (x - K) and Σ (x - K)² over one channel, lanes summed in a fixed order. */
+static void FN(bn_sums)(const T *x, long N, long C, long S, long c, double K,
+                        double *s1, double *s2)
+{
+    vlanes a1 = {0}, a2 = {0};
+    double r1 = 0, r2 = 0;
+    for (long n = 0; n < N; n++) {
+        const T *p = x + (n * C + c) * S;
+        long s = 0;
+        for (; s + LANES <= S; s += LANES) {
+            vlanes d = WIDEN(p + s) - K;
+            a1 += d;
+            a2 += d * d;
+        }
+        for (; s < S; s++) {
+            double d = (double)p[s] - K;
+            r1 += d;
+            r2 += d * d;
+        }
+    }
+    *s1 = r1 + FN(lanes_sum)(a1);
+    *s2 = r2 + FN(lanes_sum)(a2);
+}
+
+/* Σ g and Σ g·(x - μ) over one channel. */
+static void FN(bn_grad_sums)(const T *x, const T *g, long N, long C, long S, long c, double mu,
+                             double *sg, double *sgx)
+{
+    vlanes a1 = {0}, a2 = {0};
+    double r1 = 0, r2 = 0;
+    for (long n = 0; n < N; n++) {
+        const T *p = x + (n * C + c) * S, *q = g + (n * C + c) * S;
+        long s = 0;
+        for (; s + LANES <= S; s += LANES) {
+            vlanes gj = WIDEN(q + s);
+            a1 += gj;
+            a2 += gj * (WIDEN(p + s) - mu);
+        }
+        for (; s < S; s++) {
+            double gj = (double)q[s];
+            r1 += gj;
+            r2 += gj * ((double)p[s] - mu);
+        }
+    }
+    *sg = r1 + FN(lanes_sum)(a1);
+    *sgx = r2 + FN(lanes_sum)(a2);
+}
+
+/* use_batch: writes mean[c], var[c] (biased) from x; else reads them (running statistics).
+ * Always writes inv_std[c] and y. */
+int FN(batchnorm_forward)(const T *x, T *y, long N, long C, long S, long c0, long c1,
+                          const T *weight, const T *bias, T *mean, T *var, T *inv_std,
+                          double eps, int use_batch)
+{
+    double m = (double)N * (double)S;
+    for (long c = c0; c < c1; c++) {
+        if (use_batch) {
+            double K = (double)x[c * S], s1, s2;
+            FN(bn_sums)(x, N, C, S, c, K, &s1, &s2);
+            double d = s1 / m, v = s2 / m - d * d;
+            mean[c] = (T)(K + d);
+            var[c] = (T)(v > 0 ? v : 0);
+        }
+        T inv = (T)1 / SQRT(var[c] + (T)eps);
+        inv_std[c] = inv;
+        T mu = mean[c];
+        T a = weight ? weight[c] * inv : inv;
+        T b = bias ? bias[c] : (T)0;
+        for (long n = 0; n < N; n++) {
+            const T *p = x + (n * C + c) * S;
+            T *q = y + (n * C + c) * S;
+            for (long s = 0; s < S; s++) q[s] = (p[s] - mu) * a + b;
+        }
+    }
+    return 0;
+}
+
+/* Writes dweight[c] = Σ g·x̂ and dbias[c] = Σ g (both arrays always given), and dx unless it
+ * is NULL. */
+int FN(batchnorm_backward)(const T *x, const T *g, T *dx, long N, long C, long S, long c0,
+                           long c1, const T *weight, const T *mean, const T *inv_std,
+                           T *dweight, T *dbias, int use_batch)
+{
+    double m = (double)N * (double)S;
+    for (long c = c0; c < c1; c++) {
+        double mu = (double)mean[c], inv = (double)inv_std[c], sg, sgx;
+        FN(bn_grad_sums)(x, g, N, C, S, c, mu, &sg, &sgx);
+        dweight[c] = (T)(sgx * inv);
+        dbias[c] = (T)sg;
+        if (!dx) continue;
+        double gam = weight ? (double)weight[c] : 1.0;
+        T A = (T)(gam * inv);
+        T Bx = use_batch ? (T)(-gam * inv * inv * inv * sgx / m) : (T)0;
+        T Cc = use_batch ? (T)(-gam * inv * sg / m) : (T)0;
+        T muT = (T)mu;
+        for (long n = 0; n < N; n++) {
+            const T *p = x + (n * C + c) * S, *q = g + (n * C + c) * S;
+            T *r = dx + (n * C + c) * S;
+            if (use_batch)
+                for (long s = 0; s < S; s++) r[s] = A * q[s] + Bx * (p[s] - muT) + Cc;
+            else
+                for (long s = 0; s < S; s++) r[s] = A * q[s];
+        }
+    }
+    return 0;
+}
