@@ -21,7 +21,8 @@ def _convert(m, torch):
     import nnx.nn as N
     tn = torch.nn
     if isinstance(m, N.Residual):
-        return _Residual(torch, _convert(m.body, torch), _convert(m.shortcut, torch))
+        return _Residual(torch, _convert(m.body, torch), _convert(m.shortcut, torch),
+                         getattr(m, "relu", False))
     if isinstance(m, N.Sequential):
         return tn.Sequential(OrderedDict((name, _convert(c, torch))
                                          for name, c in m.named_children()))
@@ -51,13 +52,14 @@ def _convert(m, torch):
     raise NotImplementedError(f"no PyTorch twin for {type(m).__name__}")
 
 
-def _Residual(torch, body, shortcut):
+def _Residual(torch, body, shortcut, relu=False):
     class Residual(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.body, self.shortcut = body, shortcut
 
         def forward(self, x):
-            return self.body(x) + self.shortcut(x)
+            y = self.body(x) + self.shortcut(x)
+            return torch.relu(y) if relu else y
 
     return Residual()

@@ -230,6 +230,13 @@ class Backend(ABC):
         dx *= (scale / dy.dtype.type(m)).reshape(bshape)
         return dx, sum_gx, sum_g
 
+    def add_relu(self, a, b):
+        """``max(a + b, 0)`` for ``a``, ``b`` of one shape (a residual block's output), in
+        one output buffer; its gradient is :meth:`relu_backward` of the result."""
+        xp = self.xp
+        out = xp.add(a, b)
+        return xp.maximum(out, 0, out=out)
+
     # ---------------------------------------------------------------- recurrent cells
     @abstractmethod
     def lstm_cell_forward(self, gates, c_prev):

@@ -401,6 +401,10 @@ class CupyBackend(Backend):
         dy = self._native(dy, "batchnorm_backward dy")
         return super().batchnorm_backward(dy, saved, weight, use_batch, need_dx)
 
+    def add_relu(self, a, b):
+        a = self._native(a, "add_relu a")
+        return super().add_relu(a, self._same(a, b, "add_relu b", a.shape))
+
     # ---------------------------------------------------------------- recurrent cells
     def lstm_cell_forward(self, gates, c_prev):
         """``saved = (act, c_prev, c)`` with ``act`` the activated gates ``(N,4H)``."""

@@ -179,6 +179,18 @@ class NumpyBackend(Backend):
             return cpu_batchnorm.backward(dy, saved, weight, use_batch, need_dx)
         return super().batchnorm_backward(dy, saved, weight, use_batch, need_dx)
 
+    def add_relu(self, a, b):
+        if not (_splittable(a) and a.shape == b.shape):
+            return super().add_relu(a, b)
+        out = np.empty(a.shape, dtype=np.result_type(a, b))
+
+        def part(i, j):
+            np.add(a[i:j], b[i:j], out=out[i:j])
+            np.maximum(out[i:j], 0, out=out[i:j])
+
+        _batch_chunks(a, part)
+        return out
+
     # ---------------------------------------------------------------- recurrent cells
     def lstm_cell_forward(self, gates, c_prev):
         return cpu_rnn.lstm_cell_forward(gates, c_prev)

@@ -17,7 +17,8 @@ class BasicBlock(Sequential):
     """``relu(body(x) + shortcut(x))`` with ``body = conv3x3(s)-bn-relu-conv3x3-bn`` and
     ``shortcut = conv1x1(s)-bn`` when the shape changes (stride or width), else identity.
     Backward: ``dx = body.backward(δ) + shortcut.backward(δ)`` with ``δ`` the ReLU's
-    input gradient (composed by :class:`~nnx.nn.Residual`)."""
+    input gradient (composed by :class:`~nnx.nn.Residual`).  The sum and the ReLU are one
+    fused pass (``Residual(..., relu=True)``), so the block has the single child ``res``."""
 
     def __init__(self, in_planes, planes, stride=1, dtype=None):
         body = Sequential(OrderedDict([
@@ -33,7 +34,7 @@ class BasicBlock(Sequential):
                 ("conv", Conv2d(in_planes, planes, 1, stride, bias=False, dtype=dtype)),
                 ("bn", BatchNorm2d(planes, dtype=dtype)),
             ]))
-        super().__init__(OrderedDict([("res", Residual(body, shortcut)), ("relu", ReLU())]))
+        super().__init__(OrderedDict([("res", Residual(body, shortcut, relu=True))]))
 
 
 class ResNetSmall(Sequential):

@@ -1,6 +1,7 @@
 """Residual connections and parallel branches: composites whose backward is the tape's."""
 from __future__ import annotations
 
+from .. import backend as B
 from . import functional as F
 from .container import Identity
 from .module import Module
@@ -24,18 +25,50 @@ class Add(Module):
             if out is None:
                 out = y
             else:
-                if y.shape != out.shape:
-                    raise ValueError(f"{type(self).__name__}: branch outputs have different "
-                                     f"shapes {tuple(out.shape)} and {tuple(y.shape)}")
+                _check_same_shape(self, out, y)
                 out = F.add(out, y)
         return out
 
 
 class Residual(Add):
     """``y = body(x) + shortcut(x)`` (``shortcut`` is the identity by default);
-    ``dL/dx = body.backward(dL/dy) + shortcut.backward(dL/dy)`` (from the tape)."""
+    ``dL/dx = body.backward(dL/dy) + shortcut.backward(dL/dy)`` (from the tape).
 
-    def __init__(self, body, shortcut=None):
+    ``relu=True``: ``y = max(body(x) + shortcut(x), 0)`` (a ResNet block's output) in one
+    pass with one output buffer; both branches then receive ``δ = dL/dy · [y > 0]``."""
+
+    def __init__(self, body, shortcut=None, relu=False):
         Module.__init__(self)
         self.body = body
         self.shortcut = Identity() if shortcut is None else shortcut
+        self.relu = bool(relu)
+
+    def forward(self, x):
+        if not self.relu:
+            return super().forward(x)
+        a, b = self.body(x), self.shortcut(x)
+        _check_same_shape(self, a, b)
+        return _AddReLU.apply(a, b)
+
+    def extra_repr(self):
+        return "relu=True" if self.relu else ""
+
+
+class _AddReLU(F.Function):
+    """``y = max(a + b, 0)``;  ``da = db = δ·[y > 0]``."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.y = y = B.get().add_relu(a, b)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        g = B.get().relu_backward(ctx.y, dy)
+        return g, g
+
+
+def _check_same_shape(layer, a, b):
+    if a.shape != b.shape:
+        raise ValueError(f"{type(layer).__name__}: branch outputs have different shapes "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
