@@ -157,18 +157,28 @@ CONV_GEOMS = [  # (N, C, H, W, O, kernel, padding, dilation, bias)
     (2, 3, 3, 3, 4, 3, 0, 1, True),                  # 1x1 output
     (2, 3, 5, 1, 4, (3, 1), (1, 0), 1, True),        # width-1 input
     (1, 5, 6, 13, 7, (3, 5), (2, 4), (1, 1), True),  # wide kernel, maximal padding
+    # strided (10th entry; issue 17): the phase layout forward / dW, phase-wise dx
+    (2, 3, 8, 8, 5, 3, 1, 1, True, 2),               # the ResNet's 3x3 stride 2
+    (2, 3, 7, 9, 5, 3, 1, 1, True, 2),               # odd sizes
+    (2, 3, 7, 9, 5, 1, 0, 1, False, 2),              # 1x1 stride 2 (a shortcut)
+    (3, 16, 6, 6, 8, 1, 1, 1, True, 2),              # 1x1 with padding: outputs on padding
+    (2, 4, 9, 8, 6, (3, 2), (1, 0), 1, True, (2, 3)),  # mixed strides, non-square kernel
+    (1, 3, 7, 7, 4, 5, 2, 1, True, 3),               # stride 3, 5x5
+    (2, 2, 5, 5, 3, 2, 0, 1, True, 2),               # kernel = stride
+    (5, 3, 6, 5, 17, 3, 3, 1, True, 2),              # padding > kernel/2
 ]
 
 
 @needs_c
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("geom", CONV_GEOMS, ids=lambda g: "x".join(map(str, g[:5]))
-                         + f"-k{g[5]}p{g[6]}d{g[7]}b{int(g[8])}")
+                         + f"-k{g[5]}p{g[6]}d{g[7]}b{int(g[8])}s{g[9] if len(g) > 9 else 1}")
 def test_c_conv_matches_im2col_and_reference(rng, monkeypatch, spy, geom, dtype):
-    n, c, h, w, o, k, p, d, bias = geom
+    n, c, h, w, o, k, p, d, bias = geom[:9]
+    stride = geom[9] if len(geom) > 9 else 1
     monkeypatch.setenv("NNX_NUM_THREADS", "3")
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)     # chunk even these small batches
-    conv = Conv2d(c, o, k, padding=p, dilation=d, bias=bias, dtype=dtype)
+    conv = Conv2d(c, o, k, stride, padding=p, dilation=d, bias=bias, dtype=dtype)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     dy = rng.standard_normal(conv.output_shape(x.shape)).astype(dtype)
 
@@ -180,7 +190,7 @@ def test_c_conv_matches_im2col_and_reference(rng, monkeypatch, spy, geom, dtype)
     assert tag1 == "direct" and spy["conv_fwd"] == 1 and spy["conv_bwd"] == 1
 
     ref = ref_conv(x, conv.weight.data, None if conv.bias is None else conv.bias.data, dy,
-                   (1, 1), conv.padding, conv.dilation)
+                   conv.stride, conv.padding, conv.dilation)
     for name, a, b, r in zip(["y", "dx", "dW", "db"], c_res, numpy_res, ref):
         if name == "db" and not bias:
             assert a is None and b is None
@@ -219,8 +229,8 @@ def test_c_conv_noncontiguous_input(rng, monkeypatch, spy, dtype):
 
 
 FALLBACK_CASES = [  # (C, O, kernel, stride, padding, dilation, groups), all unsupported by C
-    (3, 4, 3, 2, 1, 1, 1),          # stride 2
-    (3, 4, 3, (1, 2), 1, 1, 1),     # stride (1, 2)
+    (3, 4, 3, 2, 1, 2, 1),          # stride 2 with dilation 2
+    (3, 4, 3, (1, 2), 1, (2, 1), 1),  # stride (1, 2) with dilation (2, 1)
     (4, 6, 3, 1, 1, 1, 2),          # groups 2
     (3, 4, 3, 1, 3, 1, 1),          # padding 3 > dilation*(k-1) = 2
     (3, 4, 1, 1, 1, 1, 1),          # 1x1 kernel with padding 1
@@ -255,7 +265,9 @@ def test_conv_supported_rules(monkeypatch):
     assert f(np.float64, (1, 1), (0, 0), (1, 1), (1, 1), 1)
     assert f(np.float32, (1, 1), (2, 4), (1, 2), (3, 3), 1)
     assert not f(np.float16, (1, 1), (1, 1), (1, 1), (3, 3), 1)
-    assert not f(np.float32, (2, 2), (1, 1), (1, 1), (3, 3), 1)
+    assert f(np.float32, (2, 2), (1, 1), (1, 1), (3, 3), 1)          # strided, dilation 1
+    assert f(np.float32, (2, 1), (3, 0), (1, 1), (1, 1), 1)          # any padding when strided
+    assert not f(np.float32, (2, 2), (1, 1), (2, 1), (3, 3), 1)      # strided and dilated
     assert not f(np.float32, (1, 1), (1, 1), (1, 1), (3, 3), 2)
     assert not f(np.float32, (1, 1), (1, 0), (1, 1), (1, 3), 1)
 
@@ -362,6 +374,8 @@ GRADCHECK_CONVS = [  # (C, O, kernel, padding, dilation, bias, input (N, H, W))
     (2, 3, (2, 3), (1, 0), (2, 1), True, (2, 6, 5)),
     (3, 2, 1, 0, 1, False, (1, 4, 3)),
     (2, 3, 3, (2, 1), (1, 2), False, (1, 5, 7)),
+    (3, 4, 3, 1, 1, True, (2, 7, 6), 2),           # strided (8th entry)
+    (2, 3, 1, 0, 1, False, (2, 5, 5), (2, 3)),
 ]
 
 
@@ -369,8 +383,9 @@ GRADCHECK_CONVS = [  # (C, O, kernel, padding, dilation, bias, input (N, H, W))
 @pytest.mark.parametrize("case", GRADCHECK_CONVS)
 def test_conv2d_gradcheck_c_path(rng, monkeypatch, spy, case):
     monkeypatch.setenv("NNX_CPU_KERNELS", "1")
-    c, o, k, p, d, bias, (n, h, w) = case
-    conv = Conv2d(c, o, k, padding=p, dilation=d, bias=bias).double()
+    c, o, k, p, d, bias, (n, h, w) = case[:7]
+    conv = Conv2d(c, o, k, case[7] if len(case) > 7 else 1, padding=p, dilation=d,
+                  bias=bias).double()
     x = rng.standard_normal((n, c, h, w))
     errs = nnx.gradcheck(conv, (x,), atol=1e-7, rtol=1e-5)
     conv(x)                                   # a fresh call whose saved state we inspect
@@ -397,6 +412,8 @@ TORCH_CONVS = [  # (N, C, H, W, O, kernel, padding, dilation, bias)
     (1, 3, 7, 9, 17, (2, 3), (1, 2), 1, True),
     (3, 2, 8, 9, 5, 3, (2, 1), (1, 2), False),
     (2, 4, 6, 5, 3, 5, 2, 1, True),
+    (2, 3, 8, 7, 5, 3, 1, 1, True, 2),             # strided (10th entry)
+    (2, 3, 7, 9, 4, 1, 0, 1, False, (2, 3)),
 ]
 
 
@@ -406,9 +423,11 @@ TORCH_CONVS = [  # (N, C, H, W, O, kernel, padding, dilation, bias)
 def test_c_conv_matches_torch_float64(rng, monkeypatch, geom):
     torch = pytest.importorskip("torch")
     monkeypatch.setenv("NNX_CPU_KERNELS", "1")
-    n, c, h, w, o, k, p, d, bias = geom
-    conv = Conv2d(c, o, k, padding=p, dilation=d, bias=bias, dtype=np.float64)
-    tconv = torch.nn.Conv2d(c, o, k, padding=p, dilation=d, bias=bias, dtype=torch.float64)
+    n, c, h, w, o, k, p, d, bias = geom[:9]
+    s = geom[9] if len(geom) > 9 else 1
+    conv = Conv2d(c, o, k, s, padding=p, dilation=d, bias=bias, dtype=np.float64)
+    tconv = torch.nn.Conv2d(c, o, k, s, padding=p, dilation=d, bias=bias,
+                            dtype=torch.float64)
     with torch.no_grad():
         tconv.weight.copy_(torch.from_numpy(conv.weight.data))
         if bias:

@@ -1,4 +1,4 @@
-/* Direct stride-1 convolution for one element type, included twice by conv2d.c with
+/* Direct convolution for one element type, included twice by conv2d.c with
  *   T   the element type (float / double)
  *   VT  a GCC vector of T filling one SIMD register (vector_size = VBYTES)
  *   VTU the same vector type with the alignment of T (unaligned loads and stores)
@@ -14,6 +14,13 @@
  *   weights   dW[o,c,i,j] += sum_p dy[o, p] * xpad[c, p + off(i,j)]    (dy zero at junk p)
  *
  * The backward pass for the input is the forward pass run on dy (see nnx/backend/native.py).
+ *
+ * Stride (sh, sw) > 1: the padded image is stored as sh*sw "phases", phase (a, b) holding
+ * xpad[c, a::sh, b::sw] as a (C, Hq, Wq) block (Hq = ceil(Hp/sh), Wq = ceil(Wp/sw)).  Input
+ * row oh*sh + i*dh is row oh + (i*dh)/sh of phase (i*dh) % sh, so with wide positions
+ * p = oh*Wq + ow every kernel offset is again one contiguous run:
+ *   off(c,i,j) = ((a*sw + b)*C + c)*Hq*Wq + ((i*dh)/sh)*Wq + (j*dw)/sw,  a = (i*dh)%sh,
+ *   b = (j*dw)%sw.  With stride 1 this is the layout above (one phase, Hq = Hp, Wq = Wp).
  */
 #define NV ((int)(sizeof(VT) / sizeof(T)))      /* lanes per vector */
 
@@ -24,14 +31,62 @@ static inline VT FN(splat)(T s)
     return s - (VT){0};
 }
 
-/* xpad[c, ph + h, pw + w] = x[c, h, w]; border and slack stay zero (set by the caller once). */
-static void FN(pad_image)(const T *x, T *xpad, int C, int H, int W, int Hp, int Wp,
-                          int ph, int pw)
+/* Geometry shared by the forward and weight-gradient kernels. */
+typedef struct { int Hp, Wp, Hq, Wq, OH, OW, K; } FN(geom);
+
+static FN(geom) FN(geometry)(int C, int H, int W, int KH, int KW, int ph, int pw, int sh, int sw,
+                             int dh, int dw)
 {
-    for (int c = 0; c < C; c++)
-        for (int h = 0; h < H; h++)
-            memcpy(xpad + ((size_t)c * Hp + ph + h) * Wp + pw, x + ((size_t)c * H + h) * W,
-                   sizeof(T) * (size_t)W);
+    FN(geom) g;
+    g.Hp = H + 2 * ph; g.Wp = W + 2 * pw;
+    g.Hq = (g.Hp + sh - 1) / sh; g.Wq = (g.Wp + sw - 1) / sw;
+    g.OH = (g.Hp - dh * (KH - 1) - 1) / sh + 1; g.OW = (g.Wp - dw * (KW - 1) - 1) / sw + 1;
+    g.K = C * KH * KW;
+    return g;
+}
+
+/* off[k] for k = (c*KH + i)*KW + j (see the phase layout above). */
+static void FN(offsets)(int *off, FN(geom) g, int C, int KH, int KW, int sh, int sw, int dh,
+                        int dw)
+{
+    for (int c = 0, k = 0; c < C; c++)
+        for (int i = 0; i < KH; i++)
+            for (int j = 0; j < KW; j++, k++) {
+                int a = (i * dh) % sh, b = (j * dw) % sw;
+                off[k] = ((a * sw + b) * C + c) * g.Hq * g.Wq + ((i * dh) / sh) * g.Wq
+                         + (j * dw) / sw;
+            }
+}
+
+/* The phases of the padded image: xph[(a*sw + b), c, u, v] = x[c, u*sh + a - ph,
+ * v*sw + b - pw] where that is inside x; border and slack stay zero (set by the caller
+ * once: the same positions are written for every image). */
+static void FN(pad_image)(const T *x, T *xph, int C, int H, int W, FN(geom) g, int ph, int pw,
+                          int sh, int sw)
+{
+    if (sh == 1 && sw == 1) {
+        for (int c = 0; c < C; c++)
+            for (int h = 0; h < H; h++)
+                memcpy(xph + ((size_t)c * g.Hp + ph + h) * g.Wp + pw,
+                       x + ((size_t)c * H + h) * W, sizeof(T) * (size_t)W);
+        return;
+    }
+    for (int a = 0; a < sh; a++)
+        for (int b = 0; b < sw; b++) {
+            int v0 = 0;                                   /* first v with v*sw + b >= pw */
+            while (v0 * sw + b < pw) v0++;
+            for (int c = 0; c < C; c++) {
+                T *dst = xph + ((size_t)(a * sw + b) * C + c) * g.Hq * g.Wq;
+                for (int u = 0; u < g.Hq; u++) {
+                    int h = u * sh + a - ph;
+                    if (h < 0 || h >= H) continue;
+                    const T *src = x + ((size_t)c * H + h) * W;
+                    T *d = dst + (size_t)u * g.Wq;
+                    for (int v = v0, w = v0 * sw + b - pw; v < g.Wq && w < W; v++, w += sw)
+                        d[v] = src[w];
+                }
+            }
+        }
 }
 
 /* One output block: OB channels starting at o0 x PV vectors of positions starting at p0.
@@ -59,17 +114,18 @@ static inline void FN(fwd_block)(const T *xpad, const T *wt, const int *off, int
             *(VTU *)(yw + (size_t)(o0 + b) * Lw + p0 + v * NV) = acc[b][v];
 }
 
-/* y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C, KH, KW)) + bias, stride 1.
+/* y (N, O, OH, OW) = conv(x (N, C, H, W), w (O, C, KH, KW)) + bias, stride (sh, sw).
  * bias may be NULL.  Returns 0, or -1 when out of memory. */
 int FN(conv2d_forward)(const T *x, const T *w, const T *bias, T *y,
                        int N, int C, int H, int W, int O, int KH, int KW,
-                       int ph, int pw, int dh, int dw)
+                       int ph, int pw, int sh, int sw, int dh, int dw)
 {
-    const int Hp = H + 2 * ph, Wp = W + 2 * pw;
-    const int OH = Hp - dh * (KH - 1), OW = Wp - dw * (KW - 1);
-    const int K = C * KH * KW, Opad = (O + OB - 1) / OB * OB, step = PV * NV;
-    const int Lw = (OH * Wp + step - 1) / step * step;          /* wide positions, rounded */
-    const size_t xsize = (size_t)C * Hp * Wp + (size_t)(Lw - OH * Wp) + (size_t)dw * (KW - 1) + step;
+    const FN(geom) g = FN(geometry)(C, H, W, KH, KW, ph, pw, sh, sw, dh, dw);
+    const int OH = g.OH, OW = g.OW, Wq = g.Wq, K = g.K;
+    const int Opad = (O + OB - 1) / OB * OB, step = PV * NV;
+    const int Lw = (OH * Wq + step - 1) / step * step;          /* wide positions, rounded */
+    const size_t xsize = (size_t)sh * sw * C * g.Hq * Wq + (size_t)(Lw - OH * Wq)
+                         + (size_t)dw * (KW - 1) + step;
     T *xpad = calloc(xsize, sizeof(T));
     T *wt = calloc((size_t)K * Opad + Opad, sizeof(T));
     T *yw = malloc(sizeof(T) * (size_t)Opad * Lw);
@@ -80,20 +136,17 @@ int FN(conv2d_forward)(const T *x, const T *w, const T *bias, T *y,
         bias_pad[o] = bias ? bias[o] : (T)0;
         for (int k = 0; k < K; k++) wt[(size_t)k * Opad + o] = w[(size_t)o * K + k];
     }
-    for (int c = 0, k = 0; c < C; c++)
-        for (int i = 0; i < KH; i++)
-            for (int j = 0; j < KW; j++, k++)
-                off[k] = (c * Hp + i * dh) * Wp + j * dw;
+    FN(offsets)(off, g, C, KH, KW, sh, sw, dh, dw);
 
     for (int n = 0; n < N; n++) {
-        FN(pad_image)(x + (size_t)n * C * H * W, xpad, C, H, W, Hp, Wp, ph, pw);
+        FN(pad_image)(x + (size_t)n * C * H * W, xpad, C, H, W, g, ph, pw, sh, sw);
         for (int o0 = 0; o0 < Opad; o0 += OB)
             for (int p0 = 0; p0 < Lw; p0 += step)
                 FN(fwd_block)(xpad, wt, off, K, Opad, o0, p0, yw, Lw, bias_pad);
         T *yn = y + (size_t)n * O * OH * OW;
         for (int o = 0; o < O; o++)               /* drop the junk columns */
             for (int oh = 0; oh < OH; oh++)
-                memcpy(yn + ((size_t)o * OH + oh) * OW, yw + (size_t)o * Lw + (size_t)oh * Wp,
+                memcpy(yn + ((size_t)o * OH + oh) * OW, yw + (size_t)o * Lw + (size_t)oh * Wq,
                        sizeof(T) * (size_t)OW);
     }
     free(xpad); free(wt); free(yw); free(off);
@@ -108,18 +161,19 @@ static inline T FN(hsum)(VT v)
     return s;
 }
 
-/* dW (O, C, KH, KW) += sum_n dy_n (*) x_n and db (O) += sum dy (db may be NULL), stride 1:
- * the weight and bias gradients of conv2d_forward.  dW and db are accumulated into, not
- * overwritten.  Returns 0, or -1 when out of memory. */
+/* dW (O, C, KH, KW) += sum_n dy_n (*) x_n and db (O) += sum dy (db may be NULL), stride
+ * (sh, sw): the weight and bias gradients of conv2d_forward.  dW and db are accumulated into,
+ * not overwritten.  Returns 0, or -1 when out of memory. */
 int FN(conv2d_backward_weight)(const T *x, const T *dy, T *dW, T *db,
                                int N, int C, int H, int W, int O, int KH, int KW,
-                               int ph, int pw, int dh, int dw)
+                               int ph, int pw, int sh, int sw, int dh, int dw)
 {
-    const int Hp = H + 2 * ph, Wp = W + 2 * pw;
-    const int OH = Hp - dh * (KH - 1), OW = Wp - dw * (KW - 1);
-    const int K = C * KH * KW, Kpad = (K + WKB - 1) / WKB * WKB, Opad = (O + WOB - 1) / WOB * WOB;
+    const FN(geom) g = FN(geometry)(C, H, W, KH, KW, ph, pw, sh, sw, dh, dw);
+    const int OH = g.OH, OW = g.OW, Wp = g.Wq, K = g.K;   /* Wp: the wide row length */
+    const int Kpad = (K + WKB - 1) / WKB * WKB, Opad = (O + WOB - 1) / WOB * WOB;
     const int Lw = (OH * Wp + NV - 1) / NV * NV;
-    const size_t xsize = (size_t)C * Hp * Wp + (size_t)(Lw - OH * Wp) + (size_t)dw * (KW - 1) + NV;
+    const size_t xsize = (size_t)sh * sw * C * g.Hq * Wp + (size_t)(Lw - OH * Wp)
+                         + (size_t)dw * (KW - 1) + NV;
     T *xpad = calloc(xsize, sizeof(T));
     T *dyw = calloc((size_t)Opad * Lw, sizeof(T));       /* junk columns and padded rows stay 0 */
     VTU *acc_dw = calloc((size_t)Opad * Kpad, sizeof(VTU));  /* per-lane partial sums (calloc does not align to a vector) */
@@ -127,14 +181,11 @@ int FN(conv2d_backward_weight)(const T *x, const T *dy, T *dW, T *db,
     if (!xpad || !dyw || !acc_dw || !off) {
         free(xpad); free(dyw); free(acc_dw); free(off); return -1;
     }
-    for (int c = 0, k = 0; c < C; c++)
-        for (int i = 0; i < KH; i++)
-            for (int j = 0; j < KW; j++, k++)
-                off[k] = (c * Hp + i * dh) * Wp + j * dw;
+    FN(offsets)(off, g, C, KH, KW, sh, sw, dh, dw);
     for (int k = K; k < Kpad; k++) off[k] = off[K - 1];   /* padded rows: computed, discarded */
 
     for (int n = 0; n < N; n++) {
-        FN(pad_image)(x + (size_t)n * C * H * W, xpad, C, H, W, Hp, Wp, ph, pw);
+        FN(pad_image)(x + (size_t)n * C * H * W, xpad, C, H, W, g, ph, pw, sh, sw);
         const T *dyn = dy + (size_t)n * O * OH * OW;
         for (int o = 0; o < O; o++)
             for (int oh = 0; oh < OH; oh++)

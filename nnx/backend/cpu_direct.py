@@ -1,17 +1,21 @@
 """The C kernels' convolution and max pooling for the NumPy backend (``kernels/cpu/*.c``).
 
-Direct convolution, stride 1 (any padding and dilation, ``groups == 1``), as in
-``kernels/cpu/conv2d_impl.h``::
+Direct convolution, groups 1, as in ``kernels/cpu/conv2d_impl.h``: stride 1 with any padding
+and dilation, or any stride with dilation 1::
 
-    forward   y = b + W ⋆ x                      (no im2col matrix: offsets are runs of x)
+    forward   y = b + W ⋆_s x                    (no im2col matrix: offsets are runs of x)
     dL/dW     = Σ_n dy_n ⋆ x_n,   dL/db = Σ dy
-    dL/dx     = W' ⋆ dy  with  W'[c,o,i,j] = W[o,c,KH-1-i,KW-1-j]
+    stride 1: dL/dx = W' ⋆ dy  with  W'[c,o,i,j] = W[o,c,KH-1-i,KW-1-j]
               and padding (dh·(KH-1) - ph, dw·(KW-1) - pw)
 
 The last line is the forward kernel again: the transposed convolution of a stride-1
 convolution is a stride-1 convolution with the flipped, channel-swapped kernel.  It needs
-``ph ≤ dh·(KH-1)`` (no output reads only padding); :func:`conv_supported` says when these
-kernels apply, callers use im2col + GEMM otherwise.
+``ph ≤ dh·(KH-1)`` (no output reads only padding).  With stride ``(sh, sw)`` the padded
+``dL/dx`` splits into ``sh·sw`` phases ``(a, b)`` (rows ``a::sh``, columns ``b::sw``); phase
+``(a, b)`` only receives the taps ``W[:, :, a::sh, b::sw]`` and is their stride-1 transposed
+convolution of ``dy`` (the line above with that sub-kernel and padding ``(kh_a - 1,
+kw_b - 1)``), so every tap is computed once, as in the forward pass.
+:func:`conv_supported` says when these kernels apply, callers use im2col + GEMM otherwise.
 
 Max pooling: one pass writes the output and PyTorch-style indices (``h*W + w`` per plane), the
 backward scatters into a zeroed ``dx``.
@@ -38,17 +42,22 @@ def _ptr(a):
 def conv_supported(dtype, stride, padding, dilation, kernel, groups) -> bool:
     """True when the C convolution handles this geometry (and the C kernels are available)."""
     (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
-    if (np.dtype(dtype) not in _DTYPES or tuple(stride) != (1, 1) or groups != 1
-            or ph > dh * (kh - 1) or pw > dw * (kw - 1)):
+    if np.dtype(dtype) not in _DTYPES or groups != 1:
+        return False
+    if tuple(stride) == (1, 1):
+        if ph > dh * (kh - 1) or pw > dw * (kw - 1):
+            return False
+    elif tuple(dilation) != (1, 1):
         return False
     return native.library("conv2d") is not None
 
 
-def _forward(x, w, bias, padding, dilation, any_mode=False):
+def _forward(x, w, bias, padding, dilation, stride=(1, 1), any_mode=False):
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
-    (ph, pw), (dh, dw) = padding, dilation
-    oh, ow = h + 2 * ph - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
+    (ph, pw), (dh, dw), (sh, sw) = padding, dilation, stride
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w, dtype=x.dtype)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
@@ -57,25 +66,47 @@ def _forward(x, w, bias, padding, dilation, any_mode=False):
 
     def part(a, b):
         if fn(_ptr(x[a:b]), _ptr(w), _ptr(bias), _ptr(y[a:b]), b - a, c, h, wd, o, kh, kw,
-              ph, pw, dh, dw):
+              ph, pw, sh, sw, dh, dw):
             raise MemoryError("conv2d_forward: out of memory for its work buffers")
 
     parallel_chunks(n, part, min_items(o * oh * ow))
     return y
 
 
-def conv2d_forward(x, w, bias, padding, dilation):
-    """``(y, x)``: ``y (N,O,OH,OW) = conv(x, w) + bias`` with stride 1, and the C-ordered
-    ``x`` it read (what :func:`conv2d_backward` needs; no second copy of a strided input)."""
+def conv2d_forward(x, w, bias, padding, dilation, stride=(1, 1)):
+    """``(y, x)``: ``y (N,O,OH,OW) = conv(x, w) + bias``, and the C-ordered ``x`` it read
+    (what :func:`conv2d_backward` needs; no second copy of a strided input)."""
     x = np.ascontiguousarray(x)
-    return _forward(x, w, bias, padding, dilation), x
+    return _forward(x, w, bias, padding, dilation, stride), x
 
 
-def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation):
+def _transposed_flipped(w):
+    """``W'[c, o, i, j] = W[o, c, KH-1-i, KW-1-j]`` (C-ordered)."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+def _input_grad_strided(dy, w, x_shape, padding, stride):
+    """``dL/dx`` of a strided convolution (dilation 1), phase by phase (module docstring)."""
+    n, c, h, wd = x_shape
+    (ph, pw), (sh, sw) = padding, stride
+    dxpad = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=dy.dtype)
+    for a in range(sh):
+        for b in range(sw):
+            sub = w[:, :, a::sh, b::sw]
+            kha, kwb = sub.shape[2], sub.shape[3]
+            if kha == 0 or kwb == 0:          # a kernel smaller than the stride: no taps
+                continue
+            part = _forward(dy, _transposed_flipped(sub), None, (kha - 1, kwb - 1), (1, 1),
+                            any_mode=True)
+            dxpad[:, :, a::sh, b::sw][:, :, :part.shape[2], :part.shape[3]] = part
+    return np.ascontiguousarray(dxpad[:, :, ph:ph + h, pw:pw + wd])
+
+
+def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation, stride=(1, 1)):
     """``(dx or None, dW, db or None)`` of :func:`conv2d_forward` for ``dy``."""
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
-    (ph, pw), (dh, dw) = padding, dilation
+    (ph, pw), (dh, dw), (sh, sw) = padding, dilation, stride
     x = np.ascontiguousarray(x)          # the C code reads raw C-ordered memory
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     fn = native.function("conv2d", "conv2d_backward_weight", x.dtype, any_mode=True)
@@ -84,7 +115,7 @@ def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation):
         dw_part = np.zeros(w.shape, dtype=x.dtype)
         db_part = np.zeros(o, dtype=x.dtype) if has_bias else None
         if fn(_ptr(x[a:b]), _ptr(dy[a:b]), _ptr(dw_part), _ptr(db_part), b - a, c, h, wd, o,
-              kh, kw, ph, pw, dh, dw):
+              kh, kw, ph, pw, sh, sw, dh, dw):
             raise MemoryError("conv2d_backward_weight: out of memory for its work buffers")
         return dw_part, db_part
 
@@ -95,10 +126,11 @@ def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation):
         if has_bias:
             db += dbi
     dx = None
-    if need_dx:
-        w_t = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-        dx = _forward(dy, w_t, None, (dh * (kh - 1) - ph, dw * (kw - 1) - pw), dilation,
-                      any_mode=True)
+    if need_dx and (sh, sw) == (1, 1):
+        dx = _forward(dy, _transposed_flipped(w), None, (dh * (kh - 1) - ph, dw * (kw - 1) - pw),
+                      dilation, any_mode=True)
+    elif need_dx:
+        dx = _input_grad_strided(dy, w, x.shape, padding, stride)
     return dx, dW, db
 
 

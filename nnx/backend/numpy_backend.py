@@ -121,10 +121,10 @@ class NumpyBackend(Backend):
     def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
         return cpu_conv.col2im(cols, x_shape, kernel, stride, padding, dilation)
 
-    # stride 1, groups 1: the C kernels' direct convolution when they are available
+    # groups 1 (stride 1, or dilation 1): the C kernels' direct convolution when available
     def conv2d_forward(self, x, w, bias, stride, padding, dilation, groups=1):
         if cpu_direct.conv_supported(x.dtype, stride, padding, dilation, w.shape[2:], groups):
-            y, x_c = cpu_direct.conv2d_forward(x, w, bias, padding, dilation)
+            y, x_c = cpu_direct.conv2d_forward(x, w, bias, padding, dilation, tuple(stride))
             return y, ("direct", x_c)
         return super().conv2d_forward(x, w, bias, stride, padding, dilation, groups)
 
@@ -132,7 +132,7 @@ class NumpyBackend(Backend):
                         groups=1):
         if saved[0] == "direct":
             return cpu_direct.conv2d_backward(saved[1], w, dy, has_bias, need_dx, padding,
-                                              dilation)
+                                              dilation, tuple(stride))
         return super().conv2d_backward(dy, saved, w, has_bias, need_dx, stride, padding,
                                        dilation, groups)
 
