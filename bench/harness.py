@@ -175,6 +175,30 @@ def peak_rss_mb() -> float:
     return r / 1024 if sys.platform != "darwin" else r / 2 ** 20
 
 
+def _proc_status_mb(key: str):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024          # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now (MiB; Linux VmRSS, else the peak so far)."""
+    v = _proc_status_mb("VmRSS")
+    return peak_rss_mb() if v is None else v
+
+
+def own_peak_rss_mb() -> float:
+    """Peak resident set of this process's own memory (MiB; Linux VmHWM).  Unlike
+    ``ru_maxrss`` it does not inherit the parent's peak across fork + exec."""
+    v = _proc_status_mb("VmHWM")
+    return peak_rss_mb() if v is None else v
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

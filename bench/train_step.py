@@ -38,7 +38,14 @@ def parse_args(argv=None):
                    help="time cap per (model, batch) measurement; at least 5 rounds run")
     p.add_argument("--profile", action="store_true",
                    help="also print nnx per-layer forward/backward times (sequential models)")
+    p.add_argument("--rss", dest="rss", action="store_true", default=None,
+                   help="peak RSS of each framework's step, each measured alone in a fresh "
+                        "process (default: on; off with --quick)")
+    p.add_argument("--no-rss", dest="rss", action="store_false")
+    p.add_argument("--rss-child", choices=["nnx", "torch"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.rss is None:
+        a.rss = not a.quick
     if a.quick:
         a.batch_sizes = "32" if a.batch_sizes == "32,128,512" else a.batch_sizes
         a.warmup = min(a.warmup, 1)
@@ -48,6 +55,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.rss_child:
+        return rss_child(args)
     threads = harness.set_threads(args.threads)          # before NumPy is imported
     import numpy as np
     thread_info = harness.pin_threads(threads)
@@ -84,7 +93,12 @@ def main(argv=None):
             "per round, median [IQR] (below 1: nnx faster).\n\n"
           + harness.markdown_table(
               ["model", "batch", "nnx ms", "nnx img/s", "PyTorch ms", "PyTorch img/s",
-               "ratio nnx/PyTorch", "peak RSS MiB", "GPU pool MiB", "rounds"], rows))
+               "ratio nnx/PyTorch", "nnx step RSS MiB", "PyTorch step RSS MiB",
+               "process peak RSS MiB", "GPU pool MiB", "rounds"], rows)
+          + "\nStep RSS: each framework alone in a fresh process (same model, batch and "
+            "threads): peak resident set during its steps minus the resident set just "
+            "before them (after imports, model and batches).  Process peak RSS: this "
+            "process (both frameworks), cumulative over the runs above.\n")
     for run in runs:
         if run.get("profile"):
             md += (f"\nnnx per-layer median ms, {run['model']} batch {run['batch']} (the first "
@@ -149,25 +163,10 @@ def bench_one(np, nnx, be, torch, device, name, n, args):
         except NotImplementedError as e:
             tmodel, run["torch_skipped"] = None, str(e)
         if tmodel is not None:
-            tcrit = torch.nn.CrossEntropyLoss()
-            topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
-            txs = [torch.from_numpy(x).to(device) for x in xs_host]
-            tys = [torch.from_numpy(y).to(device) for y in ys_host]
-            tstate = {"i": 0}
+            torch_step, tfirst = build_torch_step(torch, device, tmodel, xs_host, ys_host)
             # identical model and data: the first losses must agree (checks the twin)
             l_nnx = float(be.to_numpy(crit(model(xs[0]), ys[0])))
-            with torch.no_grad():
-                l_t = float(tcrit(tmodel(txs[0]), tys[0]))
-            run["first_loss"] = {"nnx": l_nnx, "torch": l_t}
-
-            def torch_step():
-                i = tstate["i"] = (tstate["i"] + 1) % N_BATCHES
-                topt.zero_grad(set_to_none=True)
-                loss = tcrit(tmodel(txs[i]), tys[i])
-                loss.backward()
-                topt.step()
-                return loss
-
+            run["first_loss"] = {"nnx": l_nnx, "torch": tfirst()}
             fns["torch"] = torch_step
             syncs["torch"] = harness.torch_sync(torch, device)
     res = harness.time_interleaved(fns, syncs, warmup=args.warmup, repeats=args.repeats,
@@ -182,12 +181,88 @@ def bench_one(np, nnx, be, torch, device, name, n, args):
         if device == "cuda":
             run["torch"]["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
     run["peak_rss_mb"] = harness.peak_rss_mb()
+    if args.rss:
+        run["step_rss_mb"] = {fw: step_rss(args, name, n, fw)
+                              for fw in (["nnx", "torch"] if "torch" in fns else ["nnx"])}
     run["gpu_memory"] = harness.gpu_pool_bytes(be)
     if args.profile:
         run["profile"] = profile_layers(be, model, crit, xs[0], ys[0])
         for row in run["profile"]:
             print(f"    {row['layer']:<28s} fwd {row['fwd_ms']:7.2f}  bwd {row['bwd_ms']:7.2f}")
     return run
+
+
+def build_torch_step(torch, device, tmodel, xs_host, ys_host):
+    """PyTorch's step on the twin ``tmodel`` and a function giving its first loss."""
+    tcrit = torch.nn.CrossEntropyLoss()
+    topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+    txs = [torch.from_numpy(x).to(device) for x in xs_host]
+    tys = [torch.from_numpy(y).to(device) for y in ys_host]
+    tstate = {"i": 0}
+
+    def torch_step():
+        i = tstate["i"] = (tstate["i"] + 1) % N_BATCHES
+        topt.zero_grad(set_to_none=True)
+        loss = tcrit(tmodel(txs[i]), tys[i])
+        loss.backward()
+        topt.step()
+        return loss
+
+    def first_loss():
+        with torch.no_grad():
+            return float(tcrit(tmodel(txs[0]), tys[0]))
+
+    return torch_step, first_loss
+
+
+RSS_STEPS = 5   # steps measured per framework (the first ones allocate everything)
+
+
+def step_rss(args, name, n, framework):
+    """Peak RSS of ``framework``'s step measured alone: a fresh process (this script with
+    ``--rss-child``) builds the model and batches, then runs :data:`RSS_STEPS` steps;
+    ``step_mb`` = peak RSS minus the RSS just before the steps."""
+    import json
+    import subprocess
+    cmd = [sys.executable, os.path.abspath(__file__), "--rss-child", framework, "--models",
+           name, "--batch-sizes", str(n), "--backend", args.backend]
+    if args.threads is not None:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip()[-500:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def rss_child(args):
+    """``--rss-child nnx|torch``: one framework's steps alone; prints one JSON line."""
+    import gc
+    import json
+    threads = harness.set_threads(args.threads)
+    import numpy as np
+    harness.pin_threads(threads)
+    import nnx
+    import nnx.models  # noqa: F401
+    be = nnx.backend.use(args.backend)
+    name, n = args.models, int(args.batch_sizes)
+    bench = build_step(np, nnx, be, name, n)
+    step = bench.step
+    if args.rss_child == "torch":
+        torch, skipped = harness.import_torch(True, threads, args.backend)
+        if torch is None:
+            raise SystemExit(f"PyTorch unavailable: {skipped}")
+        device = "cuda" if args.backend == "cuda" else "cpu"
+        tmodel = torch_peer().torch_twin(bench.model, torch, device)
+        step, _ = build_torch_step(torch, device, tmodel, bench.xs_host, bench.ys_host)
+        del bench                      # the nnx model and batches are not PyTorch's memory
+        gc.collect()
+    base = harness.current_rss_mb()
+    for _ in range(RSS_STEPS):
+        step()
+    peak = harness.own_peak_rss_mb()      # ru_maxrss would include the parent's peak
+    print(json.dumps({"baseline_mb": round(base, 1), "peak_mb": round(peak, 1),
+                      "step_mb": round(peak - base, 1)}))
+    return None
 
 
 def profile_layers(be, model, crit, x, y, repeats=10):
@@ -238,8 +313,16 @@ def _row(run):
     return [run["model"], run["batch"], harness.fmt_time(run["nnx"]),
             f"{run['nnx']['images_per_s']:.0f}",
             harness.fmt_time(t) if t else "-", f"{t['images_per_s']:.0f}" if t else "-",
-            harness.fmt_ratio(r), f"{run['peak_rss_mb']:.0f}",
+            harness.fmt_ratio(r), _rss(run, "nnx"), _rss(run, "torch"),
+            f"{run['peak_rss_mb']:.0f}",
             f"{pool / 2**20:.0f}" if pool is not None else "-", run["nnx"]["repeats"]]
+
+
+def _rss(run, framework):
+    v = (run.get("step_rss_mb") or {}).get(framework)
+    if not v:
+        return "-"
+    return "error" if "error" in v else f"{v['step_mb']:.0f}"
 
 
 def _line(run):
@@ -248,6 +331,8 @@ def _line(run):
     if "torch" in run:
         s += (f" | torch {harness.fmt_time(run['torch'])} ms | ratio "
               f"{harness.fmt_ratio(run['ratio'])}")
+    if run.get("step_rss_mb"):
+        s += f" | step RSS MiB nnx {_rss(run, 'nnx')}, torch {_rss(run, 'torch')}"
     return s
 
 

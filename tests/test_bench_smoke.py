@@ -47,6 +47,21 @@ def test_train_step_smoke(tmp_path):
     assert "| simple_cnn | 32 |" in md
 
 
+def test_train_step_rss_per_framework(tmp_path):
+    """``--rss``: each framework's step measured alone in a fresh process."""
+    _run("train_step.py", tmp_path, "--models", "simple_cnn", "--tag", "rss", "--rss")
+    payload = json.loads((tmp_path / "train_step_cpu_rss.json").read_text())
+    (run,) = payload["runs"]
+    fws = ["nnx"] + ([] if payload["torch_skipped"] else ["torch"])
+    assert sorted(run["step_rss_mb"]) == sorted(fws)
+    for fw in fws:
+        r = run["step_rss_mb"][fw]
+        assert "error" not in r, r
+        # the steps allocate activations: the peak is above the resident set before them
+        assert r["peak_mb"] >= r["baseline_mb"] > 0 and r["step_mb"] > 0
+    assert "nnx step RSS MiB" in (tmp_path / "train_step_cpu_rss.md").read_text()
+
+
 def test_train_step_without_torch_says_skipped(tmp_path):
     out = _run("train_step.py", tmp_path, "--models", "simple_cnn", "--no-torch")
     payload = json.loads((tmp_path / "train_step_cpu.json").read_text())
