@@ -5,36 +5,20 @@ the layer harness on the C path; thread-count independence; PyTorch as an oracle
 backend's version in simulation."""
 from __future__ import annotations
 
-import os
-import warnings
-
 import numpy as np
 import pytest
 
 import nnx
 from layer_harness import check_layer, simulated_cuda
-from nnx.backend import cpu_batchnorm, cpu_conv, cpu_parallel, native
+from native_build import c_kernels_build, count_chunks
+from nnx.backend import cpu_batchnorm, cpu_conv
 from nnx.backend.base import Backend
 from nnx.nn import BatchNorm1d, BatchNorm2d
 from tolerances import assert_within, gamma, unit_roundoff
 
 
-def _c_builds():
-    saved = os.environ.pop("NNX_CPU_KERNELS", None)
-    try:
-        native.reset()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return native.library("batchnorm2d") is not None
-    except Exception:       # noqa: BLE001
-        return False
-    finally:
-        if saved is not None:
-            os.environ["NNX_CPU_KERNELS"] = saved
-        native.reset()
-
-
-pytestmark = pytest.mark.skipif(not _c_builds(), reason="the C kernels do not build here")
+pytestmark = pytest.mark.skipif(not c_kernels_build("batchnorm2d"),
+                                reason="the C kernels do not build here")
 
 # (shape, offset): odd sizes, S not a multiple of the 8 summation lanes, S = 1, one image,
 # 1-D inputs; a large offset checks the shifted one-pass statistics against cancellation
@@ -172,14 +156,7 @@ def test_threads_do_not_change_results(rng, monkeypatch, dtype):
     bits (exact equality is valid here ONLY because nnx fixes that order; no BLAS, no
     thread-dependent chunking of a reduction)."""
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)
-    chunks = []
-    real = cpu_parallel.parallel_chunks
-
-    def counting(n, fn, min_items=1):
-        chunks.append(cpu_parallel.chunks_for(n, min_items))
-        return real(n, fn, min_items)
-
-    monkeypatch.setattr(cpu_batchnorm, "parallel_chunks", counting)
+    chunks = count_chunks(monkeypatch, cpu_batchnorm)
     x = (rng.standard_normal((6, 7, 9, 11)) * 2 + 3).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
     results = {}

@@ -12,29 +12,14 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backend import cpu_conv, cpu_direct, cpu_parallel, native
+from nnx.backend import cpu_conv, cpu_direct, native
 from nnx.nn import Conv2d, MaxPool2d
+from native_build import c_kernels_build, count_chunks
 from tolerances import assert_within, reorder_bound, windows_per_input
 
 
-def _c_kernels_build():
-    """Whether the C kernels build on this machine (everything but the machinery tests
-    needs them; NNX_CPU_KERNELS=1 would raise otherwise)."""
-    saved = os.environ.pop("NNX_CPU_KERNELS", None)
-    try:
-        native.reset()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return all(native.library(s) is not None for s in ("conv2d", "maxpool2d"))
-    except Exception:       # noqa: BLE001
-        return False
-    finally:
-        if saved is not None:
-            os.environ["NNX_CPU_KERNELS"] = saved
-        native.reset()
-
-
-needs_c = pytest.mark.skipif(not _c_kernels_build(), reason="the C kernels do not build here")
+needs_c = pytest.mark.skipif(not c_kernels_build("conv2d", "maxpool2d"),
+                             reason="the C kernels do not build here")
 
 
 @pytest.fixture(autouse=True)
@@ -508,14 +493,7 @@ def test_c_maxpool_nan_like_torch(rng, monkeypatch, k, s, p, dtype):
 def test_thread_chunking_is_deterministic(rng, monkeypatch, dtype):
     monkeypatch.setenv("NNX_CPU_KERNELS", "1")
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)
-    chunks = []
-    real = cpu_parallel.parallel_chunks
-
-    def counting(n, fn, min_items=1):
-        chunks.append(cpu_parallel.chunks_for(n, min_items))
-        return real(n, fn, min_items)
-
-    monkeypatch.setattr(cpu_direct, "parallel_chunks", counting)
+    chunks = count_chunks(monkeypatch, cpu_direct)
     conv = Conv2d(3, 6, 3, padding=1, dilation=(1, 2), dtype=dtype)
     pool = MaxPool2d(3, 1, 1)
     x = rng.standard_normal((7, 3, 8, 9)).astype(dtype)
