@@ -25,6 +25,10 @@ class _BatchNorm(Module):
         train:  dL/dx = (γ·s/m) · (m·g - Σ g - x̂·Σ g·x̂)      (μ and σ² depend on x)
         eval:   dL/dx = γ·s·g                                   (constants)
 
+    The backend computes these (``batchnorm_forward`` / ``batchnorm_backward``): the
+    reference in array math is in ``nnx/backend/base.py`` (the CUDA backend runs it), the CPU
+    backend uses C kernels (``kernels/cpu/batchnorm2d.c``) tested against it; this layer
+    keeps the running statistics.
     ``momentum=None`` uses the cumulative average ``momentum = 1/num_batches_tracked``.
     Buffers (state_dict keys as PyTorch): ``running_mean``, ``running_var``,
     ``num_batches_tracked`` (int64, 0-d).
