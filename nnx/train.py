@@ -423,6 +423,7 @@ def train(args) -> dict:
                     if metrics.due():
                         loss, total, _ = metrics.read()
                         if not math.isfinite(total):
+                            criterion.check_labels()  # a bad label on the GPU: name it
                             kept = (f"the last checkpoint {ckpt_path} is intact"
                                     if ckpt_path.exists() else "no checkpoint was written yet")
                             where = (f"step {step}" if metrics.every == 1 else

@@ -128,23 +128,87 @@ def test_softmax_cross_entropy(sim, cpu, rng, dtype, n, c, grid, block, smoothin
     scale[0] = 0.0  # a masked row
     loss = poison(n, dtype)
     run(sim, f"softmax_cross_entropy_forward<{CT[dtype]}>", n, (grid, block),
-        n, c, z, labels, smoothing, loss)
+        n, c, z, labels, 0, 0, smoothing, loss)
     ref = cpu.softmax_cross_entropy_forward(z, labels, smoothing)
     t = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else tol(dtype)
     np.testing.assert_allclose(loss, ref, **t)
     g = poison((n, c), dtype)
     run(sim, f"softmax_cross_entropy_backward<{CT[dtype]}>", n, (grid, block),
-        n, c, z, labels, smoothing, scale, g)
+        n, c, z, labels, 0, 0, smoothing, 1.0, scale, 1, scale, 0, g)
     ref_g = cpu.softmax_cross_entropy_backward(z, labels, smoothing, scale)
     np.testing.assert_allclose(g, ref_g, **(dict(rtol=1e-4, atol=1e-6)
                                             if dtype == np.float32 else tol(dtype)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,c,grid,block", [(7, 10, 7, 32), (300, 5, 2, 32), (3, 1, 3, 64)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_loss_fused(sim, cpu, rng, dtype, n, c, grid, block, reduction):
+    """The fused loss (ignore_index, device count, reduction, upstream / count) against the
+    NumPy backend's reference; 300 rows > the reduce block, so its rows stride."""
+    z = (rng.standard_normal((n, c)) * 3).astype(dtype)
+    labels = rng.integers(0, c, n).astype(np.int64)
+    labels[rng.random(n) < 0.3] = 1 if c > 1 else 0   # an ignored class inside [0, C)
+    ignore = 1 if c > 1 else 0
+    s = dtype(0.1)
+    rows = poison(n, dtype)
+    run(sim, f"softmax_cross_entropy_forward<{CT[dtype]}>", n, (grid, block),
+        n, c, z, labels, 1, ignore, s, rows)
+    out, status = poison(2, dtype), np.zeros(2, np.int64)
+    run(sim, f"cross_entropy_reduce<{CT[dtype]}>", 1, (1, 64), n, c, rows, labels, 1, ignore,
+        int(reduction == "mean"), out, status)
+    ref_status = np.zeros(2, np.int64)
+    ref, count = cpu.cross_entropy_loss_forward(z, labels, s, ignore, reduction, ref_status)
+    # a float32 sum over n <= 300 rows: n*eps bounds the difference of summation orders
+    t = dict(rtol=n * 1.2e-7 * 4, atol=1e-6) if dtype == np.float32 else tol(dtype)
+    if reduction == "none":
+        np.testing.assert_allclose(rows, ref, **t)
+    else:
+        np.testing.assert_allclose(out[0], ref, **t)
+    assert out[1] == count == np.count_nonzero(labels != ignore)
+    assert status.tolist() == ref_status.tolist() == [0, 0]
+    up = rng.random(n).astype(dtype) if reduction == "none" else dtype(0.7)
+    g = poison((n, c), dtype)
+    has_row = int(reduction == "none")
+    run(sim, f"softmax_cross_entropy_backward<{CT[dtype]}>", n, (grid, block),
+        n, c, z, labels, 1, ignore, s, dtype(1) if has_row else up,
+        up if has_row else z, has_row, out[1:], int(reduction == "mean"), g)
+    ref_g = cpu.cross_entropy_loss_backward(z, labels, s, ignore, up,
+                                            count if reduction == "mean" else None)
+    np.testing.assert_allclose(g, ref_g, **(dict(rtol=1e-4, atol=1e-6)
+                                            if dtype == np.float32 else tol(dtype)))
+    assert np.all(g[labels == ignore] == 0)
+
+
+def test_cross_entropy_all_ignored_and_bad_labels(sim, cpu):
+    z = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    ignored = np.full(5, -100, np.int64)
+    rows, out, status = poison(5, np.float32), poison(2, np.float32), np.zeros(2, np.int64)
+    run(sim, "softmax_cross_entropy_forward<float>", 5, (5, 32), 5, 4, z, ignored, 1, -100,
+        0.0, rows)
+    run(sim, "cross_entropy_reduce<float>", 1, (1, 32), 5, 4, rows, ignored, 1, -100, 1, out,
+        status)
+    assert out.tolist() == [0.0, 0.0] and status.tolist() == [0, 0]   # PyTorch: nan; nnx: 0
+    # out of range (not ignored): NaN loss, the count and first label recorded, sticky
+    for labels, want in (([1, 7, -100, -3, 2], [2, 7]), ([9, 0, 0, 0, 0], [3, 7])):
+        labels = np.array(labels, np.int64)
+        run(sim, "softmax_cross_entropy_forward<float>", 5, (2, 32), 5, 4, z, labels, 1,
+            -100, 0.0, rows)
+        run(sim, "cross_entropy_reduce<float>", 1, (1, 32), 5, 4, rows, labels, 1, -100, 1,
+            out, status)
+        assert np.isnan(out[0]) and status.tolist() == want
+    ref_status = np.zeros(2, np.int64)
+    ref, _ = cpu.cross_entropy_loss_forward(z, np.array([1, 7, -100, -3, 2]), 0.0, -100,
+                                            "mean", ref_status)
+    assert np.isnan(ref) and ref_status.tolist() == [2, 7]
 
 
 def test_softmax_cross_entropy_bad_label_is_nan(sim):
     z = np.zeros((2, 4), np.float32)
     labels = np.array([1, 4], np.int64)
     loss = np.zeros(2, np.float32)
-    run(sim, "softmax_cross_entropy_forward<float>", 2, (2, 32), 2, 4, z, labels, 0.0, loss)
+    run(sim, "softmax_cross_entropy_forward<float>", 2, (2, 32), 2, 4, z, labels, 0, 0, 0.0,
+        loss)
     assert np.isfinite(loss[0]) and np.isnan(loss[1])
 
 

@@ -140,13 +140,75 @@ def test_captured_optimizer_step_is_one_fused_launch(cuda_active, rng):
 
 
 def test_training_step_capture_names_what_blocks_it(cuda_active):
-    """Today a full step does not capture: CrossEntropyLoss reads its labels on the host."""
+    """A full step with gradients allocated in the step does not capture: the fused
+    optimizer uploads a pointer table for the new gradient addresses (the loss no longer
+    reads anything on the host)."""
     from nnx.backend.cuda_graph import CapturedStep
     step, x, y, _ = _step("sgd")
     allocator = fake_cupy.cuda.get_allocator()
     try:
-        with pytest.raises(RuntimeError, match=r"StreamCaptureUnsupported.*nn/loss\.py"):
+        with pytest.raises(RuntimeError, match=r"StreamCaptureUnsupported.*host->device.*"
+                           r"backend/cupy_backend\.py"):
             CapturedStep(cuda_active, step, x, y)
         assert not getattr(fake_cupy._THREAD, "capturing", None)
     finally:
         fake_cupy.cuda.set_allocator(allocator)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_on_device_labels_never_waits(cuda_active, rng, reduction):
+    """The fused loss: two launches forward (rows + reduction), one backward, no host read;
+    the results are the CPU backend's (tolerance: a float32 softmax over 10 classes and a
+    sum over 64 rows, each within 64 eps of the exact value)."""
+    be = cuda_active
+    z = rng.standard_normal((64, 10)).astype(np.float32) * 3
+    y = rng.integers(0, 10, 64)
+    y[::5] = 3                                    # ignore_index inside [0, C)
+    crit = nnx.nn.CrossEntropyLoss(reduction=reduction, ignore_index=3, label_smoothing=0.1)
+    zd, yd = be.asarray(z), be.asarray(y)
+    up = be.asarray(rng.random(64).astype(np.float32)) if reduction == "none" else None
+    crit(zd, yd)                  # the first call uploads the label record (once)
+    with fake_cupy.trace() as t:
+        loss = crit(zd, yd)
+        grad = crit.backward(up)
+    c = t.counts()
+    assert c["sync"] == c["d2h"] == c["h2d"] == 0
+    assert t.names() == {"softmax_cross_entropy_forward<float>": 1,
+                         "cross_entropy_reduce<float>": 1,
+                         "softmax_cross_entropy_backward<float>": 1}
+    prev = nnx.backend.get().name
+    nnx.backend.use("cpu")
+    try:
+        ref = nnx.nn.CrossEntropyLoss(reduction=reduction, ignore_index=3,
+                                      label_smoothing=0.1)
+        want = ref(z, y)
+        want_g = ref.backward(None if up is None else be.to_numpy(up))
+    finally:
+        nnx.backend.use(prev)
+    tol = dict(rtol=64 * 1.2e-7, atol=64 * 1.2e-7)
+    np.testing.assert_allclose(be.to_numpy(loss), want, **tol)
+    np.testing.assert_allclose(be.to_numpy(grad), want_g, **tol)
+    assert np.all(be.to_numpy(grad)[y == 3] == 0)
+
+
+def test_cross_entropy_bad_device_label_is_named_when_checked(cuda_active):
+    """A device label outside [0, C): no host read at the call; the loss is NaN and
+    ``check_labels`` (one read) names the first bad label, then starts afresh.  Host labels
+    are checked before upload, at the call, without any device read."""
+    be = cuda_active
+    z = be.asarray(np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32))
+    crit = nnx.nn.CrossEntropyLoss()
+    crit(z, be.asarray(np.array([0, 1, 2, 3])))
+    crit.check_labels()                                   # nothing recorded: no error
+    with fake_cupy.trace() as t:
+        first = crit(z, be.asarray(np.array([0, 9, -1, 3])))
+        crit(z, be.asarray(np.array([7, 1, 2, 3])))
+    assert t.counts()["d2h"] == t.counts()["sync"] == 0
+    assert np.isnan(float(first))
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss: label 9 is outside \[0, 5\) "
+                                         r"classes \(3 such"):
+        crit.check_labels()
+    crit.check_labels()                                   # reset after raising
+    with fake_cupy.trace() as t, pytest.raises(ValueError, match="label -2 is outside"):
+        crit(z, np.array([0, -2, 1, 1]))
+    assert t.counts()["d2h"] == 0

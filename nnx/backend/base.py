@@ -290,6 +290,33 @@ class Backend(ABC):
             param -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
         """
 
+    # ---------------------------------------------------------------- cross-entropy loss, fused
+    @abstractmethod
+    def cross_entropy_loss_forward(self, logits, labels, label_smoothing, ignore_index,
+                                   reduction, status):
+        """Softmax cross-entropy of ``logits (N, C)`` and int64 ``labels (N,)`` with PyTorch's
+        ``ignore_index`` and ``reduction``, reduced on the device (no host read)::
+
+            loss_n = softmax_cross_entropy_forward(z, y, s)_n   (0 if y_n == ignore_index;
+                                                                  NaN if y_n is outside [0, C))
+            count  = #{n : y_n != ignore_index}
+            mean: sum_n loss_n / max(count, 1)     sum: sum_n loss_n     none: loss (N,)
+
+        Returns ``(out, count)``: ``out`` a 0-d array (or ``(N,)`` for ``"none"``), ``count``
+        opaque (pass it to :meth:`cross_entropy_loss_backward` for a mean).  Labels outside
+        ``[0, C)`` that are not ignored are recorded in ``status`` (a ``(2,)`` int64 array of
+        this backend, updated in place and sticky): ``status[0] += `` their number and, when
+        ``status[0]`` was 0, ``status[1] = `` the first of them (lowest row)."""
+
+    @abstractmethod
+    def cross_entropy_loss_backward(self, logits, labels, label_smoothing, ignore_index,
+                                    upstream, count):
+        """``dL/dz = scale_n * (softmax(z_n) - q_n)`` for the loss of
+        :meth:`cross_entropy_loss_forward`: ``scale_n = upstream_n / max(count, 1)`` (``count``
+        is ``None`` except for a mean), 0 on ignored rows, NaN on rows whose label is outside
+        ``[0, C)``.  ``upstream`` is a scalar of the logits' dtype or an array (one value per
+        row for ``"none"``)."""
+
 
 def out_size(size, k, s, p, d=1):
     """Output length of a convolution or pooling axis:

@@ -270,7 +270,8 @@ class CupyBackend(Backend):
         if n:
             grid, block = kl.rows_config(n, c)
             kl.get_kernel("softmax_cross_entropy", "softmax_cross_entropy_forward", kdt)(
-                grid, block, (_i64(n), _i32(c), z, lab, z.dtype.type(label_smoothing), loss))
+                grid, block, (_i64(n), _i32(c), z, lab, _i32(0), _i64(0),
+                              z.dtype.type(label_smoothing), loss))
         return loss
 
     def softmax_cross_entropy_backward(self, logits, labels, label_smoothing, row_scale):
@@ -281,9 +282,51 @@ class CupyBackend(Backend):
         grad = self.xp.empty_like(z)
         if n:
             grid, block = kl.rows_config(n, c)
+            t = z.dtype.type
             kl.get_kernel("softmax_cross_entropy", "softmax_cross_entropy_backward", kdt)(
-                grid, block, (_i64(n), _i32(c), z, lab, z.dtype.type(label_smoothing), scale,
-                              grad))
+                grid, block, (_i64(n), _i32(c), z, lab, _i32(0), _i64(0), t(label_smoothing),
+                              t(1), scale, _i32(1), scale, _i32(0), grad))
+        return grad
+
+    # ---------------------------------------------------------------- cross-entropy loss, fused
+    def cross_entropy_loss_forward(self, logits, labels, label_smoothing, ignore_index,
+                                   reduction, status):
+        z, lab, kdt = self._sce_inputs(logits, labels, "cross_entropy_loss_forward")
+        n, c = z.shape
+        t = z.dtype.type
+        rows = self.xp.empty(n, dtype=z.dtype)
+        stats = self.xp.empty(2, dtype=z.dtype)          # [reduced loss, count]
+        ignore = (_i32(1), _i64(ignore_index))
+        if n:
+            grid, block = kl.rows_config(n, c)
+            kl.get_kernel("softmax_cross_entropy", "softmax_cross_entropy_forward", kdt)(
+                grid, block, (_i64(n), _i32(c), z, lab, *ignore, t(label_smoothing), rows))
+        _, block = kl.rows_config(1, n)                   # one block over the rows
+        kl.get_kernel("softmax_cross_entropy", "cross_entropy_reduce", kdt)(
+            (1,), block, (_i64(n), _i32(c), rows, lab, *ignore, _i32(reduction == "mean"),
+                          stats, status))
+        return (rows if reduction == "none" else stats[0]), stats[1]
+
+    def cross_entropy_loss_backward(self, logits, labels, label_smoothing, ignore_index,
+                                    upstream, count):
+        z, lab, kdt = self._sce_inputs(logits, labels, "cross_entropy_loss_backward")
+        n, c = z.shape
+        t = z.dtype.type
+        grad = self.xp.empty_like(z)
+        if self.is_native(upstream):   # an upstream array (reduction 'none', or 0-d)
+            g = self.xp.asarray(upstream, dtype=z.dtype)
+            row = self.xp.ascontiguousarray(
+                self.xp.broadcast_to(g.reshape(-1) if g.ndim else g, (n,)))
+            scalar, has_row = t(1), _i32(1)
+        else:
+            row, scalar, has_row = z, t(upstream), _i32(0)  # z: an unread placeholder
+        denom = z if count is None else self._same(z, count.reshape(1), "count", (1,))
+        if n:
+            grid, block = kl.rows_config(n, c)
+            kl.get_kernel("softmax_cross_entropy", "softmax_cross_entropy_backward", kdt)(
+                grid, block, (_i64(n), _i32(c), z, lab, _i32(1), _i64(ignore_index),
+                              t(label_smoothing), scalar, row, has_row, denom,
+                              _i32(count is not None), grad))
         return grad
 
     # ---------------------------------------------------------------- conv and pooling

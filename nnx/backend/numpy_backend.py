@@ -114,6 +114,33 @@ class NumpyBackend(Backend):
         p *= np.asarray(row_scale, dtype=p.dtype).reshape(n, 1)
         return p
 
+    # ---------------------------------------------------------------- cross-entropy loss, fused
+    # The reference for the CUDA kernels: the array operations CrossEntropyLoss ran before
+    # issue 15 (so CPU results are unchanged); host reads are free here.
+    def cross_entropy_loss_forward(self, logits, labels, label_smoothing, ignore_index,
+                                   reduction, status):
+        valid, bad, safe = _ce_rows(labels, ignore_index, logits.shape[1])
+        per = self.softmax_cross_entropy_forward(logits, safe, label_smoothing) * valid
+        if bad.any():
+            per[bad] = np.nan
+            if status[0] == 0:
+                status[1] = labels[bad][0]
+            status[0] += int(bad.sum())
+        count = int(valid.sum())
+        if reduction == "none":
+            return per, count
+        total = per.sum()
+        return np.asarray(total / (count or 1) if reduction == "mean" else total), count
+
+    def cross_entropy_loss_backward(self, logits, labels, label_smoothing, ignore_index,
+                                    upstream, count):
+        valid, bad, safe = _ce_rows(labels, ignore_index, logits.shape[1])
+        g = upstream if count is None else upstream / (count or 1)
+        scale = (valid * np.reshape(g, -1)).astype(logits.dtype, copy=False)
+        d = self.softmax_cross_entropy_backward(logits, safe, label_smoothing, scale)
+        d[bad] = np.nan
+        return d
+
     # ---------------------------------------------------------------- conv and pooling
     def im2col(self, x, kernel, stride, padding, dilation):
         return cpu_conv.im2col(x, kernel, stride, padding, dilation)
@@ -251,3 +278,11 @@ def _batch_chunks(x, fn):
 
 def _is_cupy_array(x) -> bool:
     return type(x).__module__.startswith("cupy")
+
+
+def _ce_rows(labels, ignore_index, classes):
+    """``(valid, bad, safe)`` of cross-entropy labels: not ignored; not ignored but outside
+    ``[0, classes)``; the labels with 0 on ignored and bad rows (safe to index with)."""
+    valid = labels != ignore_index
+    bad = valid & ((labels < 0) | (labels >= classes))
+    return valid, bad, np.where(valid & ~bad, labels, 0)

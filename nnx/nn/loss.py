@@ -191,13 +191,19 @@ class _ClassLoss(_Loss):
                                  f"one weight per class, got {w.dtype} {tuple(w.shape)}")
             self.register_buffer("weight", w)
 
-    def _rows(self, input, target):
-        """``(x (M, C) contiguous, safe labels (M,), valid mask (M,), input shape)`` with
-        ``M = N·d1·…``; ignored labels are replaced by 0 in ``safe``."""
+    def _rows(self, input, target, defer_device_check=False):
+        """``(x (M, C) contiguous, labels (M,) int64, input shape)`` with ``M = N·d1·…``.
+
+        A label outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError``.  Host
+        labels (NumPy arrays, lists; every label on the CPU backend) are checked on the host
+        before upload, which costs no synchronisation.  Labels already on the device are
+        checked with one host read, or not at all with ``defer_device_check`` (the caller's
+        fused kernel then flags them on the device: see :meth:`CrossEntropyLoss.check_labels`)."""
         name = type(self).__name__
         be = B.get()
         xp = be.xp
         x = check_float(as_array(input), name)
+        host = np.asarray(target) if xp is np or not be.is_native(target) else None
         target = as_array(target)
         if target.dtype.kind not in "iu":
             raise TypeError(f"{name} expects integer class labels, got dtype {target.dtype}")
@@ -216,12 +222,16 @@ class _ClassLoss(_Loss):
             x = xp.moveaxis(x, 1, -1).reshape(-1, c)
         x = xp.ascontiguousarray(x)
         labels = target.reshape(-1).astype(xp.int64, copy=False)
+        if host is not None:           # before it meets the device: no synchronisation
+            _check_labels(name, host.reshape(-1), c, self.ignore_index)
+        elif not defer_device_check:
+            _check_labels(name, labels, c, self.ignore_index)
+        return x, labels, shape
+
+    def _masked(self, labels):
+        """``(safe labels, valid mask)``: ignored labels replaced by 0 in ``safe``."""
         valid = labels != self.ignore_index
-        outside = valid & ((labels < 0) | (labels >= c))
-        if bool(outside.any()):
-            bad = int(be.to_numpy(labels[outside])[0])
-            raise ValueError(f"{name}: label {bad} is outside [0, {c}) classes")
-        return x, xp.where(valid, labels, 0), valid, shape
+        return B.get().xp.where(valid, labels, 0), valid
 
     def _class_weights(self, dtype):
         return None if self.weight is None else self.weight.astype(dtype, copy=False)
@@ -267,7 +277,8 @@ class NLLLoss(_ClassLoss):
     mean is 0 (PyTorch: 0/0 = nan); the gradient is 0 in both."""
 
     def forward(self, input, target):
-        x, labels, valid, shape = self._rows(input, target)
+        x, labels, shape = self._rows(input, target)
+        labels, valid = self._masked(labels)
         xp = B.get().xp
         rows = xp.arange(x.shape[0])
         w = self._class_weights(x.dtype)
@@ -300,8 +311,17 @@ class CrossEntropyLoss(_ClassLoss):
     ``q = (1 - s)·onehot(y) + s/C``, and the mean divides by the number of rows whose label
     is not ``ignore_index`` (PyTorch's convention), so ignored (padded) rows add nothing to
     loss or gradient.  When every row is ignored the mean is 0 (PyTorch: 0/0 = nan); the
-    gradient is 0 in both.  Without ``weight``, forward and backward each run as one fused
-    backend operation; with it, as a few array operations of the backend.
+    gradient is 0 in both.  Without ``weight``, forward (per-row loss, ``ignore_index``, the
+    count of valid rows and the reduction) and backward each run as fused backend operations
+    (two kernels and one on CUDA) and the host never waits; with it, as a few array operations
+    of the backend.
+
+    Out-of-range labels raise ``ValueError`` naming the label.  Labels given on the host (and
+    every label on the CPU backend) are checked at the call.  Labels already on the CUDA
+    device are not read back at the call (that would make the host wait at every step): the
+    kernel makes such a row's loss NaN and records the label on the device, and
+    :meth:`check_labels` (one host read) raises the error; the trainer calls it when the loss
+    it reads every few steps is not finite.
     """
 
     def __init__(self, weight=None, *, reduction: str = "mean", label_smoothing: float = 0.0,
@@ -313,30 +333,35 @@ class CrossEntropyLoss(_ClassLoss):
 
     def forward(self, logits, target):
         be = B.get()
-        z, labels, valid, shape = self._rows(logits, target)
-        s, w = self.label_smoothing, self._class_weights(z.dtype)
-        if w is None:
-            per = be.softmax_cross_entropy_forward(z, labels, s) * valid
-            denom = int(valid.sum())
-            self.ctx.saved = (z, labels, valid, denom, shape, None)
-        else:
-            xp = be.xp
-            logp = log_softmax(z, dim=1)
-            wy = w[labels] * valid
-            nll = -logp[xp.arange(z.shape[0]), labels]
-            per = (1 - s) * wy * nll - (s / z.shape[1]) * (logp @ w) * valid
-            denom = wy.sum()
-            self.ctx.saved = (logp, labels, valid, denom, shape, wy)
+        s = self.label_smoothing
+        if self.weight is None:
+            z, labels, shape = self._rows(logits, target, defer_device_check=True)
+            out, count = be.cross_entropy_loss_forward(z, labels, s, self.ignore_index,
+                                                       self.reduction,
+                                                       self._label_status(be, shape[1]))
+            self.ctx.saved = (z, labels, None, count, shape, None)
+            return out.reshape((shape[0],) + shape[2:]) if self.reduction == "none" else out
+        z, labels, shape = self._rows(logits, target)
+        labels, valid = self._masked(labels)
+        w, xp = self._class_weights(z.dtype), be.xp
+        logp = log_softmax(z, dim=1)
+        wy = w[labels] * valid
+        nll = -logp[xp.arange(z.shape[0]), labels]
+        per = (1 - s) * wy * nll - (s / z.shape[1]) * (logp @ w) * valid
+        denom = wy.sum()
+        self.ctx.saved = (logp, labels, valid, denom, shape, wy)
         return self._finish(per, valid, denom, shape)
 
     def backward(self, grad=None):
         be = B.get()
         a, labels, valid, denom, shape, wy = self._saved()
-        scale = self._row_scale(grad, valid, denom, a.dtype)
         s = self.label_smoothing
-        if wy is None:      # a = the logits
-            d = be.softmax_cross_entropy_backward(a, labels, s, scale)
+        if wy is None:      # a = the logits; denom = the device count of valid rows
+            d = be.cross_entropy_loss_backward(
+                a, labels, s, self.ignore_index, _grad(grad, a),
+                denom if self.reduction == "mean" else None)
         else:               # a = log softmax(z)
+            scale = self._row_scale(grad, valid, denom, a.dtype)
             xp = be.xp
             w = self._class_weights(a.dtype)
             p = xp.exp(a)
@@ -346,6 +371,32 @@ class CrossEntropyLoss(_ClassLoss):
                 d += (s / a.shape[1]) * (w.sum() * p - w)
             d *= scale[:, None]
         return self._back_to_input(d, shape)
+
+    def _label_status(self, be, classes):
+        """The device record of out-of-range labels (see :meth:`check_labels`): an int64
+        ``[count, first label]`` kept per backend and device, allocated on the first call."""
+        key = (be.name, getattr(getattr(be, "device", None), "id", None))
+        kept = self.__dict__.get("_label_flags")
+        if kept is None or kept[0] != key:
+            kept = (key, be.asarray(np.zeros(2, np.int64)))
+            self._label_flags = kept
+        self._label_classes = classes
+        return kept[1]
+
+    def check_labels(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range label that a call since the
+        last check met on the device (not PyTorch API: PyTorch checks at each call, which
+        on a GPU makes the host wait).  One host read; does nothing when no call recorded
+        one.  Labels from the host are checked at the call instead (see the class doc)."""
+        kept = self.__dict__.get("_label_flags")
+        if kept is None:
+            return
+        count, label = (int(v) for v in B.get().to_numpy(kept[1]))
+        if count:
+            kept[1][...] = 0
+            raise ValueError(f"{type(self).__name__}: label {label} is outside "
+                             f"[0, {self._label_classes}) classes ({count} such label(s) "
+                             f"since the last check)")
 
 
 class HuberLoss(_Loss):
@@ -469,6 +520,16 @@ class KLDivLoss(_Loss):
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}, log_target={self.log_target}"
+
+
+def _check_labels(name, labels, classes, ignore_index):
+    """Raise ``ValueError`` on the first label outside ``[0, classes)`` that is not
+    ``ignore_index`` (a host read when ``labels`` lives on a device)."""
+    valid = labels != ignore_index
+    outside = valid & ((labels < 0) | (labels >= classes))
+    if bool(outside.any()):
+        bad = int(B.get().to_numpy(labels[outside])[0])
+        raise ValueError(f"{name}: label {bad} is outside [0, {classes}) classes")
 
 
 def _nonzero(denom):
