@@ -106,8 +106,8 @@ class Conv2d(Module):
         dx, dw, db = B.get().conv2d_backward(dy, saved, self._weight4(), self.bias is not None,
                                              need_dx, *self._geometry()[1:], self.groups)
         if db is not None:
-            self.bias.accumulate(db)
-        self.weight.accumulate(dw.reshape(self.weight.data.shape))
+            self.bias.accumulate(db, owned=True)  # fresh from the backend
+        self.weight.accumulate(dw.reshape(self.weight.data.shape), owned=True)
         return dx
 
     def extra_repr(self):

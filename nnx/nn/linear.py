@@ -61,9 +61,9 @@ class Linear(Module):
     def _param_grads(self, dy):
         x2 = self.ctx.x.reshape(-1, self.in_features)
         d2 = dy.reshape(-1, self.out_features)
-        self.weight.accumulate(d2.T @ x2)
+        self.weight.accumulate(d2.T @ x2, owned=True)
         if self.bias is not None:
-            self.bias.accumulate(d2.sum(axis=0))
+            self.bias.accumulate(d2.sum(axis=0), owned=True)
         return d2
 
     def extra_repr(self):

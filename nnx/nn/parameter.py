@@ -32,12 +32,25 @@ class Parameter:
         self.requires_grad = bool(requires_grad)
         return self
 
-    def accumulate(self, g) -> None:
-        """Add ``g`` to ``grad`` (allocating it on first use)."""
+    def accumulate(self, g, owned: bool = False) -> None:
+        """Add ``g`` to ``grad`` (``grad = g`` on first use).
+
+        The first gradient is copied, because ``grad`` is later updated in place (the next
+        accumulation, ``zero_grad(set_to_none=False)``, optimizers) and ``g`` may be read or
+        written by someone else.  ``owned=True`` says the caller hands ``g`` over: a fresh
+        array it computed for this call and keeps no other reference to (e.g. Linear's
+        ``δᵀ x``).  A C-contiguous owned ``g`` of the parameter's dtype and shape then
+        becomes ``grad`` itself: no copy (one kernel launch per parameter and step less on
+        a GPU).  Never pass ``owned=True`` for an array that is, or is a view of, anything
+        another consumer holds (an upstream gradient, a saved input, a reused buffer)."""
         if not self.requires_grad:
             return
         if self.grad is None:
-            self.grad = g.astype(self.data.dtype, copy=True)
+            if (owned and g.dtype == self.data.dtype and g.shape == self.data.shape
+                    and g.flags.c_contiguous):
+                self.grad = g
+            else:
+                self.grad = g.astype(self.data.dtype, copy=True)
         else:
             self.grad += g
 
