@@ -14,15 +14,26 @@ Rules that capture imposes, and how this module meets them:
 - everything that happens once (kernel compilation, optimizer state, the optimizers'
   pointer tables) happens in the eager warm-up steps before capture.
 
-The nnx layers do not all meet the second rule yet (``CrossEntropyLoss`` validates labels
-with a host read); such a step fails to capture with CUDA's error naming the cause, and
-:class:`CapturedStep` raises it as ``RuntimeError``.  A second limit for a whole step: the
-multi-tensor optimizer uploads a new pointer table when a gradient sits at a new address,
-and gradients allocated inside the capture (``Parameter.accumulate`` allocates on first
-use) get graph-owned addresses, so that upload would also be refused; persistent gradient
-buffers would remove it.  A step over persistent arrays (the optimizer step with
-gradients kept between steps) captures today.  Opt-in only: nothing in nnx uses it
-by default.
+A whole training step meets these rules (checked in simulation by
+tests/test_step_counts_sim.py: it captures, and the graph holds exactly an eager step's
+launches) when
+
+- the loss reads nothing on the host: ``CrossEntropyLoss`` without ``weight`` (the fused
+  device path; its out-of-range labels are read later by ``check_labels``);
+- gradients stay at their addresses: ``optimizer.zero_grad(set_to_none=False)`` in the step,
+  so the first gradients (adopted by ``Parameter.accumulate`` in the warm-up) are zeroed and
+  accumulated in place.  With ``set_to_none=True`` each step's gradients are new arrays; the
+  multi-tensor optimizer then uploads a pointer table whenever their addresses differ from
+  one it has seen, and that upload is refused while capturing;
+- what the caller wants to read (the loss) is copied by ``fn`` into an array allocated
+  before capture (``out[...] = loss``): arrays allocated inside the capture are graph
+  memory, and CUDA does not let a graph whose allocations are still alive be relaunched
+  (not checked here: the fake does not model it).
+
+Layers with their own host reads (e.g. ``CrossEntropyLoss(weight=...)``, ``BCELoss``'s range
+check) fail to capture with CUDA's error naming the cause, raised as ``RuntimeError``.  Replay
+itself is not simulated (the fake records, it does not execute a graph): it is measured only
+when a GPU is lent (``bench/gpu_check.py``).  Opt-in only: nothing in nnx uses it by default.
 """
 from __future__ import annotations
 

@@ -82,6 +82,21 @@ def trace_steps(step, x, y, warmup=1, steps=2):
     return traces
 
 
+def sequence_without_uploads(trace) -> list:
+    """:meth:`Trace.sequence` less the buffer of each host->device upload.  The one upload
+    in a step is the multi-tensor optimizer's pointer table (cupy_backend._tensor_table): it
+    happens only when the gradients sit at addresses the backend has not seen, which depends
+    on what the allocator hands out (the fake: NumPy's malloc; a GPU: CuPy's pool), not on
+    nnx's code; persistent gradients (``zero_grad(set_to_none=False)``) never upload."""
+    out, prev = [], None
+    for e in trace.events:
+        if not (e[0] == "alloc" and prev is not None and prev[0] == "h2d"
+                and prev[1:] == e[1:]) and e[0] in ("launch", "alloc"):
+            out.append(e)
+        prev = e
+    return out
+
+
 def summary(trace) -> dict:
     """Counts, per-kind names and allocation bytes of one traced step."""
     c = trace.counts()
