@@ -16,9 +16,9 @@ the next stage runs; results are rewritten after every stage, so a kill leaves t
               CUDA eager (both synchronize before reading clocks).
   digits      the digits CNN trained a few epochs on cuda and on cpu; test accuracies.
   graph       CUDA graph capture (nnx.backend.cuda_graph): the reference CNN's fused SGD step
-              eager vs captured+replayed (ms per step), and whether a whole training step
-              captures (today CrossEntropyLoss's host read of the labels refuses it; the
-              reason is recorded).  --simulate checks the capture only (no replay).
+              eager vs captured+replayed (ms per step), and a whole training step
+              (zero_grad(set_to_none=False)) eager vs captured+replayed; a refused capture
+              records CUDA's reason.  --simulate checks the captures only (no replay).
 Results: gpu_check[_sim].{json,md} in bench/results/ and in --out; the child benchmarks
 write theirs next to them.  Nothing is installed.
 """
@@ -231,17 +231,23 @@ def stage_graph(simulate):
     crit = nnx.nn.CrossEntropyLoss()
     x = be.asarray(rng.standard_normal((batch, 3, 32, 32), dtype=np.float32))
     y = be.asarray(rng.integers(0, 10, batch))
+    loss = be.xp.zeros((), np.float32)     # allocated before capture: read after a replay
 
-    def train_step(xb, yb):
-        crit(model(xb), yb)
-        opt.zero_grad()
+    def train_step(xb, yb):   # persistent gradients: see nnx/backend/cuda_graph.py
+        loss[...] = crit(model(xb), yb)
+        opt.zero_grad(set_to_none=False)
         model.backward(crit.backward(), input_grad=False)
         opt.step()
+    out["eager_train_step_ms"] = ("not timed in simulation" if simulate
+                                  else per_step_ms(lambda: train_step(x, y)))
     try:
-        CapturedStep(be, train_step, x, y)
+        step = CapturedStep(be, train_step, x, y)
         out["full_step_capture"] = "captured"
     except Exception as exc:  # the reason is the result here
         out["full_step_capture"] = f"refused: {str(exc).splitlines()[0][:300]}"
+    else:
+        out["graph_train_step_ms"] = ("not simulated (the fake cannot replay a graph)"
+                                      if simulate else per_step_ms(lambda: step(x, y)))
     return out
 
 

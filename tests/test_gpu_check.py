@@ -42,7 +42,7 @@ def test_gpu_check_simulate_passes(tmp_path):
     assert {r["model"] for r in st["train_step"]["detail"]["runs"]} == {"simple_cnn", "resnet"}
     assert st["digits"]["detail"]["cuda"]["test_accuracy"] >= 0
     assert st["graph"]["detail"]["captured_launches"] == 1     # the fused SGD launch
-    assert st["graph"]["detail"]["full_step_capture"].startswith("refused")
+    assert st["graph"]["detail"]["full_step_capture"] == "captured"   # set_to_none=False
 
 
 def test_gpu_check_stops_early_when_the_backend_cannot_start(tmp_path):

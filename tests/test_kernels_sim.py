@@ -212,6 +212,33 @@ def test_softmax_cross_entropy_bad_label_is_nan(sim):
     assert np.isfinite(loss[0]) and np.isnan(loss[1])
 
 
+# ------------------------------------------------------------------ trainer bookkeeping
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,c,block", [(7, 10, 32), (300, 3, 64), (5, 1, 32)])
+def test_step_metrics_add(sim, cpu, rng, dtype, n, c, block):
+    """Running loss sum and correct count vs NumPy's argmax (first maximum; NaN wins): rows
+    with ties and a NaN row; 300 rows stride over a 64-thread block; two calls accumulate."""
+    z = rng.standard_normal((n, c)).astype(dtype)
+    z[0] = 1.0                                    # all tied: argmax 0
+    if n > 3 and c > 2:
+        z[3, 2] = np.nan                          # NaN: argmax 2
+    labels = np.where(rng.random(n) < 0.5, np.argmax(z, axis=1), rng.integers(0, c, n))
+    labels = labels.astype(np.int64)
+    loss = np.array(rng.random(), dtype)
+    acc = np.array([1.5, 4.0])
+    for _ in range(2):
+        run(sim, f"step_metrics_add<{CT[dtype]}>", 1, (1, block), n, c, z, labels, loss,
+            float(n), acc)
+    want_sum, want_correct = 1.5, 4
+    for _ in range(2):
+        want_sum, want_correct = cpu.step_metrics_add(want_sum, want_correct, loss, n, z,
+                                                      labels)
+    # two products loss*n added in double vs NumPy's arithmetic in the loss dtype: within
+    # a few eps of the dtype
+    np.testing.assert_allclose(acc[0], want_sum, rtol=4 * np.finfo(dtype).eps)
+    assert acc[1] == want_correct
+
+
 # ------------------------------------------------------------------ im2col / col2im
 def out_size(size, k, s, p, d=1):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1

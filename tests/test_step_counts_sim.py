@@ -106,6 +106,8 @@ def test_step_metrics_read_only_when_due(cuda_active):
             if metrics.due():
                 break
     assert t.counts()["d2h"] == 0 and metrics.due()
+    assert t.names()["step_metrics_add<float>"] == 3          # one fused launch per step
+    assert not any(k in t.names() for k in ("argmax", "equal", "add.reduce"))
     shown, total, correct = metrics.read()
     assert shown == 0.25 and np.isnan(total) and correct == 3 and metrics.seen == 6
     assert not metrics.due()

@@ -317,6 +317,17 @@ class Backend(ABC):
         ``[0, C)``.  ``upstream`` is a scalar of the logits' dtype or an array (one value per
         row for ``"none"``)."""
 
+    # ---------------------------------------------------------------- trainer bookkeeping
+    def step_metrics_add(self, loss_sum, correct, loss, n, logits, labels):
+        """The trainer's running sums after one step, without a host read::
+
+            loss_sum + loss * n,   correct + #{r : argmax(logits[r]) == labels[r]}
+
+        ``loss_sum``/``correct`` are what the previous call returned (host numbers at the
+        start).  Generic version: array operations (NumPy: the exact arithmetic the trainer
+        always used); the CUDA backend fuses them into one launch."""
+        return loss_sum + loss * n, correct + (logits.argmax(axis=1) == labels).sum()
+
 
 def out_size(size, k, s, p, d=1):
     """Output length of a convolution or pooling axis:

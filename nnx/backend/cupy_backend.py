@@ -329,6 +329,40 @@ class CupyBackend(Backend):
                               _i32(count is not None), grad))
         return grad
 
+    # ---------------------------------------------------------------- trainer bookkeeping
+    def step_metrics_add(self, loss_sum, correct, loss, n, logits, labels):
+        """:meth:`Backend.step_metrics_add` in one launch (kernels/step_metrics.cu): both sums
+        live in one float64 device pair ``[loss_sum, correct]``, returned as its two 0-d
+        views; the next call that passes back the views it returned last updates the pair in
+        place (anything else starts a new pair from the given values)."""
+        xp = self.xp
+        fusable = (isinstance(logits, xp.ndarray) and logits.ndim == 2 and logits.shape[1] > 0
+                   and isinstance(loss, xp.ndarray) and loss.size == 1
+                   and loss.dtype == logits.dtype and logits.dtype in (np.float32, np.float64))
+        if not fusable:
+            return super().step_metrics_add(loss_sum, correct, loss, n, logits, labels)
+        last = getattr(self, "_step_totals", None)
+        if last is not None and loss_sum is last[0] and correct is last[1]:
+            acc = last[2]
+        else:                                   # a new epoch: start from the given sums
+            acc = xp.empty(2, np.float64)
+            for i, v in enumerate((loss_sum, correct)):
+                if isinstance(v, xp.ndarray):   # a device copy, not a host read
+                    acc[i:i + 1] = v.reshape(1).astype(np.float64)
+                else:
+                    acc[i] = v
+        z = xp.ascontiguousarray(logits)
+        lab = xp.ascontiguousarray(xp.asarray(labels), dtype=xp.int64)
+        if lab.shape != (z.shape[0],):
+            raise ValueError(f"step_metrics_add: labels shape {tuple(lab.shape)} does not "
+                             f"match ({z.shape[0]},)")
+        _, block = kl.rows_config(1, z.shape[0])           # one block over the rows
+        kl.get_kernel("step_metrics", "step_metrics_add", z.dtype)(
+            (1,), block, (_i64(z.shape[0]), _i32(z.shape[1]), z, lab,
+                          xp.ascontiguousarray(loss), np.float64(n), acc))
+        self._step_totals = (acc[0], acc[1], acc)
+        return self._step_totals[:2]
+
     # ---------------------------------------------------------------- conv and pooling
     @staticmethod
     def _geometry(x_shape, kernel, stride, padding, dilation=(1, 1)):
