@@ -121,4 +121,8 @@ def test_step_counts_smoke(tmp_path):
     with open(tmp_path / "step_counts.json") as f:
         row = json.load(f)["rows"][0]
     assert row["launches"] > 0 and row["launch_names"]["sgd_update_multi<float>"] == 1
-    assert row["identical_consecutive_steps"] is True
+    # strict equality depends on whether the fake's allocator reused the gradients'
+    # addresses (the optimizer's pointer-table upload); without that upload: always equal
+    assert isinstance(row["identical_consecutive_steps"], bool)
+    assert row["identical_except_table_upload"] is True
+    assert row["syncs"] == row["d2h"] == 0
