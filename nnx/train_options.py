@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 
 #: Settings saved in the checkpoint; ``--resume`` restores them.
@@ -69,7 +70,14 @@ def _default(name) -> str:
     return f" (default: {DEFAULTS[name]})"
 
 
+#: What argparse must take for a (negative) number, not an option: its own pattern misses the
+#: exponent form, so ``--weight-decay -1e-4`` would be "expected one argument" instead of
+#: the range error.  (No option of nnx-train looks like a number.)
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line of ``nnx-train`` (every option is declared here)."""
     p = argparse.ArgumentParser(
         prog="nnx-train", description="Train an image classifier with nnx.  Writes "
         "OUT/checkpoint.npz (every epoch), OUT/best.npz (best test accuracy) and "
@@ -152,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="auto: a tqdm bar on a terminal when tqdm is installed, else lines "
                         "(default: auto)")
+    p._negative_number_matcher = _NEGATIVE_NUMBER
     return p
 
 

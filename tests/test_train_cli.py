@@ -130,12 +130,31 @@ def test_resume_with_an_inapplicable_option_is_an_error(finished, capsys):
     ("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"),
     ("--label-smoothing", "1.5"), ("--label-smoothing", "-0.1"), ("--epochs", "0"),
     ("--epochs", "two"), ("--batch-size", "-3"), ("--momentum", "1"),
-    ("--weight-decay", "-0.001"), ("--warmup-epochs", "-1"), ("--step-size", "0"),
+    ("--weight-decay", "-0.001"), ("--weight-decay", "-1e-4"), ("--lr", "-1E-3"),
+    ("--lr", "-.5"), ("--warmup-epochs", "-1"), ("--step-size", "0"),
     ("--gamma", "0"), ("--gamma", "2"), ("--seed", "-1"), ("--max-steps-per-epoch", "0")])
 def test_numbers_out_of_range_are_one_error_line(tmp_path, capsys, option, value):
     line = _error(capsys, "--out", tmp_path, "--dataset", "digits", option, value)
     assert line.startswith(f"nnx-train: error: argument {option}: ")
     assert value in line and ("must be" in line or "is needed" in line)
+
+
+def test_negative_numbers_in_exponent_form_are_values_not_options():
+    # argparse's own pattern takes "-1e-4" for an option ("expected one argument"); the
+    # range errors above show the CLI reads them as numbers
+    for text in ("-1e-4", "-1E+2", "-.5", "-3."):
+        assert train_options._NEGATIVE_NUMBER.match(text), text
+    for text in ("-e", "--epochs", "-1e", "-x1"):
+        assert not train_options._NEGATIVE_NUMBER.match(text), text
+
+
+def test_one_epoch_is_singular(tmp_path, capsys):
+    _main("--out", tmp_path, *QUICK, "--epochs", "1")
+    out = capsys.readouterr().out
+    assert ", 1 epoch of 2 steps" in out and "finished 1 epoch:" in out
+    assert "1 epochs" not in out
+    _main("--out", tmp_path, *QUICK, "--epochs", "1", "--resume")
+    assert "finished its 1 epoch (" in capsys.readouterr().out
 
 
 def test_every_numeric_option_has_a_range():
@@ -197,7 +216,7 @@ def test_resuming_a_finished_run_says_so(finished, capsys):
     before = _digests(finished)
     assert _main("--out", finished, "--resume") == _log(finished)[-1]["test_acc"]
     out = capsys.readouterr().out
-    assert f"nothing to do: the run in {finished} finished its 1 epochs" in out
+    assert f"nothing to do: the run in {finished} finished its 1 epoch (test acc" in out
     assert "cosine schedule cannot be extended" in out and "resuming" not in out
     assert _digests(finished) == before
 
