@@ -40,9 +40,10 @@ $(VENV)/.nnx-core:
 	$(VPY) -m pip install -q -e ".[progress,plot,digits,threads]"
 	touch $@
 
-# the test extra brings CuPy and the NVRTC wheels (no GPU needed); reinstall when it changes
+# the test extra brings CuPy and the NVRTC wheels (no GPU needed), the mpi extra mpiexec for
+# the multi-process tests; reinstall when it changes
 $(VENV)/.nnx-test: $(VENV)/.nnx-core pyproject.toml
-	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m pip install -q -e ".[test,mpi]"
 ifneq ($(TORCH_WHEEL),)
 	$(VPY) -m pip install -q "torch==2.13.0" || echo "PyTorch oracle not installed; its tests will skip"
 endif
