@@ -134,32 +134,51 @@ def train(args, world=None) -> dict:
     return trainer.run()
 
 
+def _outcome(exc: BaseException, prog: str):
+    """``(exit status, message, expected)`` for an exception that ends ``nnx-train``;
+    ``expected``: one of the errors the tool reports in one line (else a bug: traceback)."""
+    from .checkpoint import CheckpointError
+    from .data.errors import DataError
+    from .distributed.communicator import DistributedUnavailable
+    if isinstance(exc, ConfigError):
+        return 2, f"{prog}: error: {exc}", True          # as parser.error, less the usage
+    if isinstance(exc, (DataError, CheckpointError, B.BackendUnavailableError,
+                        DistributedUnavailable)):
+        return 2, f"nnx-train: {exc}", True
+    if isinstance(exc, TrainingDiverged):
+        return 3, f"nnx-train: training diverged: {exc}", True
+    if isinstance(exc, TrainingInterrupted):
+        return 130, f"nnx-train: {exc}", True
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, ("nnx-train: aborted; the last checkpoint (end of the last completed "
+                     "epoch, or the last saved step) is intact; continue with --resume"), True
+    return 1, None, False
+
+
 def main(argv=None):
     """Console entry point.  Returns the final test accuracy when ``argv`` is given (for use
     from Python and tests) and ``None`` when run as a script, so that the exit status is 0.
-    Errors exit with status 2 (data/checkpoint/usage), 3 (divergence) or 130 (Ctrl-C)."""
-    from .checkpoint import CheckpointError
-    from .data.errors import DataError
+    Errors exit with status 2 (data/checkpoint/usage), 3 (divergence) or 130 (Ctrl-C).
+    Under ``--distributed`` a rank that fails otherwise ends the whole job (see
+    :mod:`nnx.train_distributed`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    world = None
     try:
-        result = train(args)
-    except ConfigError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")   # as parser.error, less the usage
-    except (DataError, CheckpointError, B.BackendUnavailableError) as exc:
-        print(f"nnx-train: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except TrainingDiverged as exc:
-        print(f"nnx-train: training diverged: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None
-    except TrainingInterrupted as exc:
-        print(f"nnx-train: {exc}", file=sys.stderr)
-        raise SystemExit(130) from None
-    except KeyboardInterrupt:
-        print("nnx-train: aborted; the last checkpoint (end of the last completed epoch, "
-              "or the last saved step) is intact; continue with --resume",
-              file=sys.stderr)
-        raise SystemExit(130) from None
+        if args.distributed:
+            from .train_distributed import make_world
+            world = make_world(args)
+            world.start(args)
+        result = train(args, world)
+    except (Exception, KeyboardInterrupt) as exc:
+        code, message, expected = _outcome(exc, parser.prog)
+        if world is not None and world.size > 1:
+            from .train_distributed import describe
+            world.fail(code, message or describe(exc), collective=expected)
+        if not expected:
+            raise
+        print(message, file=sys.stderr)
+        raise SystemExit(code) from None
     return result["test_acc"] if argv is not None else None
 
 

@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="auto: a tqdm bar on a terminal when tqdm is installed, else lines "
                         "(default: auto)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the processes of an MPI job (launch "
+                        "with mpiexec -n N; needs nnx[mpi]): --batch-size is the global "
+                        "batch, split evenly; rank 0 writes the files")
     p._negative_number_matcher = _NEGATIVE_NUMBER
     return p
 
@@ -263,6 +267,8 @@ def _check_applicable(args, given: dict, cfg: dict) -> None:
                         f"can be at most 90% of the run's {cfg['epochs']} epochs")
     if args.eval_only and args.plot:
         problems.append("--plot applies to training, not to --eval-only")
+    if args.eval_only and getattr(args, "distributed", False):
+        problems.append("--distributed applies to training, not to --eval-only")
     if problems:
         raise ConfigError("; ".join(problems))
 

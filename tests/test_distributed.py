@@ -1,12 +1,17 @@
 """nnx.distributed in one process: the shard sampler (PyTorch's DistributedSampler
 semantics, and the union of the ranks' batches is one process's batch), the sharded loader's
 state, SyncBatchNorm through the layer harness and against BatchNorm, convert_sync_batchnorm,
-and the gradient buckets.  Real multi-process runs: tests/test_distributed_mpi.py."""
+the gradient buckets, and the one-line errors of ``--distributed`` that need no second
+process.  Real multi-process runs: tests/test_distributed_mpi.py."""
 from __future__ import annotations
+
+import sys
+import types
 
 import numpy as np
 import pytest
 
+import mpi_jobs  # noqa: F401  (puts tests/cuda_sim on the path: sim_backend)
 import nnx
 from layer_harness import check_layer
 from nnx import models
@@ -177,3 +182,38 @@ def test_gradients_are_averaged_in_a_few_flat_buckets(rng):
     assert all(p.grad.base is not None and id(p.grad.base) in flat for p in params)
     one = DistributedDataParallel(model, _Recorder(4))
     assert len(one.buckets) == 1            # 25 MB default: the whole small model
+
+
+# ------------------------------------------------------------------ errors
+def test_distributed_without_mpi4py_is_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    from nnx import train
+    monkeypatch.setitem(sys.modules, "mpi4py", None)      # as if not installed
+    monkeypatch.setattr("nnx.distributed.communicator._WORLD", None)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--distributed", "--dataset", "digits", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs mpi4py" in err[0] and "nnx[mpi]" in err[0], err
+
+
+def test_more_ranks_per_node_than_gpus_is_one_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    import sim_backend
+    from nnx import train
+    # rank 0 of 3 on a node with 2 GPUs; the other ranks meet the same error (Ibarrier)
+    mpi = types.SimpleNamespace(gather=lambda value, root: [value] * 3,
+                                Ibarrier=lambda: types.SimpleNamespace(Test=lambda: True))
+    node = types.SimpleNamespace(rank=0, size=3, local_rank=0, local_size=3, is_main=True,
+                                 comm=mpi)
+    monkeypatch.setattr("nnx.distributed.init", lambda: node)
+    with sim_backend.simulated_cupy(tmp_path, device_count=2):
+        with pytest.raises(SystemExit) as e:
+            train.main(["--distributed", "--backend", "cuda", "--dataset", "digits",
+                        "--out", str(tmp_path)])
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert "3 processes: rank 0 pid" in out
+    err = err.strip().splitlines()
+    assert err == ["nnx-train: error: --distributed: 3 processes on this node but only 2 "
+                   "GPU(s); start at most one process per GPU"], err
