@@ -1,17 +1,17 @@
 """The NCCL path on the simulated CuPy (tests/cuda_sim), run under ``mpiexec -n 2`` by
 tests/test_distributed_mpi.py: ``python nccl_sim.py BUILD_DIR``.
 
-A fake ``cupy.cuda.nccl`` whose communicator reads and writes the device memory at the
-pointers it is given and sums through MPI checks what nnx hands NCCL (pointers, counts,
-dtypes, the unique id from rank 0).  On the simulated ``cuda`` backend, each rank runs a
-SyncBatchNorm and a Linear layer on its half of a batch, averages the gradients with
+tests/cuda_sim/fake_nccl.py stands in for ``cupy.cuda.nccl``: it reads and writes the
+device memory at the pointers it is given and sums through MPI, checking what nnx hands NCCL
+(pointers, counts, dtypes, the unique id from rank 0).  On the simulated ``cuda`` backend,
+each rank runs a SyncBatchNorm and a Linear layer on its half of a batch, averages the gradients with
 DistributedDataParallel, and compares with the whole batch on the CPU backend."""
-import ctypes
 import sys
 
 import numpy as np
 from mpi4py import MPI
 
+import fake_nccl
 import sim_backend
 
 import nnx
@@ -20,38 +20,6 @@ from nnx.distributed import Communicator, DistributedDataParallel, SyncBatchNorm
 from nnx.nn import Linear, Sequential
 
 WORLD = MPI.COMM_WORLD
-CTYPES = {7: np.float32, 8: np.float64, 4: np.int64}
-UID = tuple(range(7, 135))      # 128 "bytes", as NCCL's id
-
-
-class FakeNccl:
-    NCCL_SUM, NCCL_FLOAT16, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_INT32, NCCL_INT64 = \
-        0, 6, 7, 8, 2, 4
-    calls = []
-
-    @staticmethod
-    def get_unique_id():
-        assert WORLD.Get_rank() == 0, "only rank 0 makes the id"
-        return UID
-
-    class NcclCommunicator:
-        def __init__(self, ndev, uid, rank):
-            assert (ndev, uid, rank) == (WORLD.Get_size(), UID, WORLD.Get_rank())
-
-        @staticmethod
-        def _memory(ptr, count, datatype):
-            dt = np.dtype(CTYPES[datatype])
-            raw = (ctypes.c_char * (count * dt.itemsize)).from_address(ptr)
-            return np.frombuffer(raw, dtype=dt)
-
-        def allReduce(self, send, recv, count, datatype, op, stream):
-            assert op == FakeNccl.NCCL_SUM and send == recv    # in place
-            FakeNccl.calls.append(count)
-            buf = self._memory(recv, count, datatype)
-            WORLD.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-
-        def bcast(self, buff, count, datatype, root, stream):
-            WORLD.Bcast(self._memory(buff, count, datatype), root=root)
 
 
 def model(comm):
@@ -75,7 +43,7 @@ def main(build_dir):
         import nnx.backend as NB
         NB._INSTANCES["cuda"] = be
         B.use("cuda")
-        comm = Communicator(WORLD).use_nccl(FakeNccl)
+        comm = Communicator(WORLD).use_nccl(fake_nccl)
         net = model(comm)
         if rank == 1:   # another initialisation: the broadcast must replace it
             for p in net.parameters():
@@ -92,8 +60,8 @@ def main(build_dir):
     scale = max(np.abs(w).max() for w in want + list(want_stats))
     for g, w in zip(got + list(stats), want + list(want_stats)):
         assert np.abs(g - w).max() <= 64 * np.finfo(np.float32).eps * scale, (g, w)
-    assert FakeNccl.calls, "NCCL was not used"
-    print(f"rank {rank}: ok, NCCL all-reduce sizes {FakeNccl.calls}", flush=True)
+    assert fake_nccl.calls, "NCCL was not used"
+    print(f"rank {rank}: ok, NCCL all-reduce sizes {fake_nccl.calls}", flush=True)
 
 
 if __name__ == "__main__":
