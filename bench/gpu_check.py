@@ -19,6 +19,10 @@ the next stage runs; results are rewritten after every stage, so a kill leaves t
               eager vs captured+replayed (ms per step), and a whole training step
               (zero_grad(set_to_none=False)) eager vs captured+replayed; a refused capture
               records CUDA's reason.  --simulate checks the captures only (no replay).
+  nccl        nnx.distributed on one rank: NCCL all-reduce (cupy.cuda.nccl) of the ResNet's
+              (simulated: the small CNN's) gradient bucket (ms, GB/s) and one data-parallel training step whose bucket
+              goes through NCCL (gradients unchanged: a sum over one rank).  --simulate uses
+              tests/cuda_sim/fake_nccl.py.  Needs CuPy's NCCL (e.g. nvidia-nccl-cu12).
 Results: gpu_check[_sim].{json,md} in bench/results/ and in --out; the child benchmarks
 write theirs next to them.  Nothing is installed.
 """
@@ -35,12 +39,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-STAGES = ("env", "tests", "copy", "ops", "train_step", "digits", "graph")
+STAGES = ("env", "tests", "copy", "ops", "train_step", "digits", "graph", "nccl")
 # seconds per stage on a GPU (sum ~7.5 min) and in --simulate (tiny sizes)
 BUDGET = {"env": 45, "tests": 150, "copy": 20, "ops": 80, "train_step": 110, "digits": 60,
-          "graph": 40}
+          "graph": 40, "nccl": 30}
 BUDGET_SIM = {"env": 60, "tests": 120, "copy": 30, "ops": 120, "train_step": 120, "digits": 90,
-              "graph": 90}
+              "graph": 90, "nccl": 90}
 
 
 def parse_args(argv=None):
@@ -251,7 +255,67 @@ def stage_graph(simulate):
     return out
 
 
-CHILD = {"env": stage_env, "copy": stage_copy, "digits": stage_digits, "graph": stage_graph}
+def stage_nccl(simulate):
+    import types
+
+    import numpy as np
+    import nnx
+    import nnx.models  # noqa: F401
+    from nnx.distributed import DistributedDataParallel
+    from nnx.distributed.nccl import NcclReducer
+    be = nnx.backend.use("cuda")
+    nccl = None
+    if simulate:
+        import fake_nccl     # tests/cuda_sim is on the path (_simulate_cupy)
+        nccl = fake_nccl
+    # a job of one process: the unique id needs no MPI broadcast
+    one = types.SimpleNamespace(rank=0, size=1, bcast_object=lambda obj, root=0: obj)
+    reducer = NcclReducer(one, nccl)
+    # (simulated: the small CNN, whose kernels the earlier stages compiled already)
+    name, batch, repeats = ("simple_cnn", 2, 1) if simulate else ("resnet", 128, 20)
+    nnx.manual_seed(0)
+    model = nnx.models.get(name)
+    ddp = DistributedDataParallel(model, one, broadcast=False)
+    opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    crit = nnx.nn.CrossEntropyLoss()
+    rng = np.random.default_rng(0)
+    x = be.asarray(rng.standard_normal((batch, 3, 32, 32), dtype=np.float32))
+    y = be.asarray(rng.integers(0, 10, batch))
+
+    def step():
+        crit(model(x), y)
+        opt.zero_grad()
+        model.backward(crit.backward(), input_grad=False)
+        for bucket in ddp.buckets:
+            bucket.gather()
+            reducer.allreduce_(bucket.flat)
+        opt.step()
+
+    step()
+    flat = ddp.buckets[0].flat
+    before = be.to_numpy(flat).copy()
+    reducer.allreduce_(flat)
+    if not np.array_equal(be.to_numpy(flat), before):   # one rank: the sum is the input
+        raise AssertionError("1-rank NCCL all-reduce changed the gradients")
+    be.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        reducer.allreduce_(flat)
+    be.synchronize()
+    reduce_ms = (time.perf_counter() - t0) / repeats * 1e3
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    be.synchronize()
+    return {"model": name, "batch": batch, "buckets": len(ddp.buckets),
+            "bytes_per_step": ddp.bytes_per_step, "allreduce_ms": reduce_ms,
+            "allreduce_gb_per_s": flat.nbytes / reduce_ms / 1e6,
+            "train_step_ms": (time.perf_counter() - t0) / repeats * 1e3,
+            "simulated_nccl": simulate}
+
+
+CHILD = {"env": stage_env, "copy": stage_copy, "digits": stage_digits, "graph": stage_graph,
+         "nccl": stage_nccl}
 
 
 def child_main(args):
@@ -389,6 +453,10 @@ class Run:
     def run_graph(self):
         status, secs, tail, data = self.child("graph")
         self.record("graph", status, secs, data, tail)
+
+    def run_nccl(self):
+        status, secs, tail, data = self.child("nccl")
+        self.record("nccl", status, secs, data, tail)
 
     # -------------------------------------------------------------- output
     def write(self):

@@ -32,7 +32,7 @@ def test_gpu_check_simulate_passes(tmp_path):
         assert (d / "ops_cuda_gpu_check_sim.json").exists()
         assert (d / "train_step_cuda_gpu_check_sim.json").exists()
     st = data["stages"]
-    assert list(st) == ["env", "tests", "copy", "ops", "train_step", "digits", "graph"]
+    assert list(st) == ["env", "tests", "copy", "ops", "train_step", "digits", "graph", "nccl"]
     assert all(s["status"] == "pass" for s in st.values())
     assert st["env"]["detail"]["smoke"] == "relu<float> matches NumPy"
     assert st["tests"]["detail"]["sim"]["tests"] > 0 and not st["tests"]["detail"]["sim"]["failures"]
@@ -43,6 +43,8 @@ def test_gpu_check_simulate_passes(tmp_path):
     assert st["digits"]["detail"]["cuda"]["test_accuracy"] >= 0
     assert st["graph"]["detail"]["captured_launches"] == 1     # the fused SGD launch
     assert st["graph"]["detail"]["full_step_capture"] == "captured"   # set_to_none=False
+    nccl = st["nccl"]["detail"]
+    assert nccl["simulated_nccl"] and nccl["bytes_per_step"] > 0 and nccl["buckets"] >= 1
 
 
 def test_gpu_check_stops_early_when_the_backend_cannot_start(tmp_path):
