@@ -154,3 +154,19 @@ def test_nccl_path_on_the_simulated_cupy(tmp_path):
     out = run_ok(2, [REPO / "tests" / "mpi_scripts" / "nccl_sim.py", tmp_path / "build"],
                  tmp_path, env={"PYTHONPATH": str(mpi_jobs.CUDA_SIM)})
     assert "rank 0: ok" in out and "rank 1: ok" in out
+
+
+def test_distributed_bench_smoke(tmp_path):
+    import json
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "distributed_step.py"),
+                           "--quick", "--models", "simple_cnn", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "distributed_step.json").read_text())
+    one, two = data["rows"]
+    assert (one["procs"], two["procs"]) == (1, 2) and one["speedup_vs_1"] == 1
+    # the gradient bucket holds every parameter in float32; 2 ranks also reduce it
+    assert one["gradient_bytes_per_step"] == 4 * one["params"] == two["bytes_allreduced_per_step"]
+    assert two["images_per_s"] > 0 and (tmp_path / "distributed_step.md").exists()
