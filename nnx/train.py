@@ -174,7 +174,9 @@ def main(argv=None):
         code, message, expected = _outcome(exc, parser.prog)
         if world is not None and world.size > 1:
             from .train_distributed import describe
-            world.fail(code, message or describe(exc), collective=expected)
+            line, detail = describe(exc)
+            world.fail(code, message or line, collective=expected,
+                       detail="" if expected else detail)
         if not expected:
             raise
         print(message, file=sys.stderr)

@@ -32,6 +32,9 @@ from .train_options import ConfigError
 
 #: Seconds a rank with a setup error waits for the others to report it too.
 AGREE_SECONDS = 10.0
+#: Seconds between a failing rank's message and MPI_Abort: mpiexec forwards the output of
+#: the ranks asynchronously, and an abort right away loses it at times.
+ABORT_GRACE_SECONDS = 1.0
 
 
 class TrainerWorld(SingleProcess):
@@ -115,16 +118,18 @@ class TrainerWorld(SingleProcess):
             time.sleep(0.01)
         return True
 
-    def fail(self, code: int, message: str, *, collective: bool) -> None:
-        """End this rank with ``code`` after ``message``.  ``collective``: an error every
-        rank raises at the same point (printed by rank 0 only); otherwise, or when the
-        others do not arrive, the message names the rank and MPI_Abort ends the job."""
+    def fail(self, code: int, message: str, *, collective: bool, detail: str = "") -> None:
+        """End this rank with ``code`` after ``message`` (one line; ``detail``, e.g. a
+        traceback, follows it).  ``collective``: an error every rank raises at the same
+        point (printed by rank 0 only); otherwise, or when the others do not arrive, the
+        message names the rank and MPI_Abort ends the job."""
         if collective and (self.size == 1 or self.agreed()):
             if self.is_main:
                 print(message, file=sys.stderr, flush=True)
             raise SystemExit(code)
-        where = f"rank {self.rank} of {self.size}"
-        print(f"{message} [{where}; aborting all ranks]", file=sys.stderr, flush=True)
+        print(f"{message} [rank {self.rank} of {self.size}; aborting all ranks]"
+              + (f"\n{detail}" if detail else ""), file=sys.stderr, flush=True)
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.abort(code)
 
 
@@ -135,7 +140,7 @@ def make_world(args) -> TrainerWorld:
     return TrainerWorld(init())
 
 
-def describe(exc: BaseException) -> str:
-    """A failed rank's message: the exception and where it was raised."""
-    return (f"nnx-train: {type(exc).__name__}: {exc}\n"
-            + "".join(traceback.format_exception(exc)).rstrip())
+def describe(exc: BaseException) -> tuple[str, str]:
+    """A failed rank's one-line message and its traceback."""
+    return (f"nnx-train: {type(exc).__name__}: {exc}",
+            "".join(traceback.format_exception(exc)).rstrip())

@@ -119,8 +119,10 @@ def _faulty(tmp_path, how, timeout=60.0):
 
 def test_a_rank_raising_ends_the_job_naming_the_rank(tmp_path):
     code, out, err, seconds = _faulty(tmp_path, "raise")
-    assert code != 0 and seconds < 60
-    assert "RuntimeError: injected failure" in err and "[rank 1 of 2; aborting all ranks]" in err
+    assert code != 0 and seconds < 60, (out, err)
+    assert ("nnx-train: RuntimeError: injected failure [rank 1 of 2; aborting all ranks]"
+            in err), (out, err)
+    assert 'faulty_rank.py", line' in err        # the traceback follows
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 

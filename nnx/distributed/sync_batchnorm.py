@@ -110,6 +110,8 @@ class SyncBatchNorm(_BatchNorm):
         return y
 
     def _update_statistics(self, mean, var, m):
+        # BatchNorm's own update is private (and moving into C kernels): this one uses the
+        # public buffers only, with the equations of the docstring
         self.num_batches_tracked[...] += 1        # in place: the buffers stay registered
         mom = (1.0 / float(self.num_batches_tracked) if self.momentum is None
                else float(self.momentum))
