@@ -8,8 +8,8 @@ process: throughput, the gradient all-reduce's time per step and the bytes all-r
 Each process trains on CIFAR-sized random images (3x32x32): ``zero_grad; CE(model(x), y);
 backward; sync_gradients; SGD(momentum 0.9)``, with BatchNorm converted to SyncBatchNorm and
 the gradients averaged by :class:`nnx.distributed.DistributedDataParallel` (25 MB buckets).
-Timed per step on rank 0 after a barrier: the whole step, and ``sync_gradients`` alone (its
-time includes waiting for the slower rank).  ``bytes_allreduced_per_step`` counts every
+Timed per step on rank 0, from a barrier: the whole step, the wait at a second barrier
+before the gradient all-reduce (the ranks' imbalance), and ``sync_gradients`` alone.  ``bytes_allreduced_per_step`` counts every
 all-reduce of the step: the gradient buckets and SyncBatchNorm's statistics.  Each process
 gets ``NNX_NUM_THREADS = cores // P`` threads, so the runs share the same cores.  The load
 average before and after is recorded: on a shared machine the numbers move with it.
@@ -74,7 +74,7 @@ def worker(args):
         rng = np.random.default_rng(comm.rank)
         x = be.asarray(rng.standard_normal((args.batch, 3, 32, 32), dtype=np.float32))
         y = be.asarray(rng.integers(0, 10, args.batch))
-        step_s, sync_s = [], []
+        step_s, sync_s, wait_s = [], [], []
         for i in range(args.steps + 2):
             comm.barrier()
             counted["bytes"] = 0
@@ -82,6 +82,8 @@ def worker(args):
             crit(ddp(x), y)
             opt.zero_grad()
             ddp.module.backward(crit.backward(), input_grad=False)
+            tw = time.perf_counter()
+            comm.barrier()          # the wait for the slower rank, apart from the reduce
             t1 = time.perf_counter()
             ddp.sync_gradients()
             t2 = time.perf_counter()
@@ -90,10 +92,11 @@ def worker(args):
             if i >= 2:
                 step_s.append(time.perf_counter() - t0)
                 sync_s.append(t2 - t1)
+                wait_s.append(t1 - tw)
         step, sync = float(np.median(step_s)), float(np.median(sync_s))
         rows.append({"model": name, "procs": comm.size, "batch_per_proc": args.batch,
                      "params": model.num_parameters(), "step_ms": step * 1e3,
-                     "allreduce_ms": sync * 1e3,
+                     "allreduce_ms": sync * 1e3, "wait_ms": float(np.median(wait_s)) * 1e3,
                      "images_per_s": comm.size * args.batch / step,
                      "gradient_bytes_per_step": ddp.bytes_per_step,
                      "bytes_allreduced_per_step": counted["bytes"] if comm.size > 1 else 0,
@@ -155,11 +158,12 @@ def main(argv=None):
           f"{payload['started']}, {payload['cores']} cores, load average before "
           f"{load_before[0]:.1f} / after {load_after[0]:.1f} (1 min), batch {args.batch} per "
           f"process, median of {args.steps} steps, NNX_NUM_THREADS = cores // processes", "",
-          "| model | processes | images/s | speed-up | step ms | all-reduce ms | gradient "
-          "bytes/step | all bytes/step | buckets |", "|---|---|---|---|---|---|---|---|---|"]
+          "| model | processes | images/s | speed-up | step ms | wait ms | all-reduce ms | "
+          "gradient bytes/step | all bytes/step | buckets |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['model']} | {r['procs']} | {r['images_per_s']:.0f} | "
            f"{r['speedup_vs_1'] or float('nan'):.2f} | {r['step_ms']:.1f} | "
-           f"{r['allreduce_ms']:.2f} | {r['gradient_bytes_per_step']:,} | "
+           f"{r['wait_ms']:.2f} | {r['allreduce_ms']:.2f} | {r['gradient_bytes_per_step']:,} | "
            f"{r['bytes_allreduced_per_step']:,} | {r['buckets']} |" for r in rows]
     _write(os.path.join(args.out, name + ".md"), "\n".join(md) + "\n")
     print("\n".join(md))

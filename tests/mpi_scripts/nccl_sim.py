@@ -4,8 +4,9 @@ tests/test_distributed_mpi.py: ``python nccl_sim.py BUILD_DIR``.
 tests/cuda_sim/fake_nccl.py stands in for ``cupy.cuda.nccl``: it reads and writes the
 device memory at the pointers it is given and sums through MPI, checking what nnx hands NCCL
 (pointers, counts, dtypes, the unique id from rank 0).  On the simulated ``cuda`` backend,
-each rank runs a SyncBatchNorm and a Linear layer on its half of a batch, averages the gradients with
-DistributedDataParallel, and compares with the whole batch on the CPU backend."""
+each rank runs a SyncBatchNorm and a Linear layer on its half of a batch, averages the
+gradients with DistributedDataParallel, and compares with the whole batch on the CPU
+backend."""
 import sys
 
 import numpy as np
