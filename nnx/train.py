@@ -39,6 +39,10 @@ A NaN/inf loss stops training before the bad update with a message naming the ep
 step (exit status 3); the last checkpoint, written at the end of the last good epoch, is
 left intact.  If CIFAR-10 is neither cached nor downloadable, the tool explains how to use
 ``--data`` or ``--dataset digits`` and exits with status 2.
+
+``--distributed`` (under ``mpiexec -n N``) trains data-parallel: ``--batch-size`` is the
+global batch, rank 0 alone writes the files; see :mod:`nnx.train_distributed`.  The stages
+of a run are in :mod:`nnx.train_loop`, the command line in :mod:`nnx.train_options`.
 """
 from __future__ import annotations
 
@@ -56,16 +60,20 @@ from .train_options import (LENGTH_BOUND_SCHEDULES, RUN_FILES, ConfigError,  # n
 
 
 # ============================================================================ training
-def _nothing_to_do(out: Path, cfg: dict, ck: dict, plot: bool) -> dict:
-    """``--resume`` of a run that already finished: say so, train nothing."""
+def _nothing_to_do(out: Path, cfg: dict, ck: dict, plot: bool, main_rank: bool) -> dict:
+    """``--resume`` of a run that already finished: say so (the main rank), train
+    nothing."""
     done = ck["epochs_done"]
     how = (f"pass --epochs N (N > {done}) to train further"
            if cfg["schedule"] not in LENGTH_BOUND_SCHEDULES else
            f"its {cfg['schedule']} schedule cannot be extended; start a new run with more "
            "--epochs to train longer")
-    print(f"nothing to do: the run in {out} finished its {done} epoch{'s' if done != 1 else ''} (test acc "
-          f"{ck.get('test_acc', float('nan')):.4f}, best {ck['best_acc']:.4f}); {how}", flush=True)
-    if plot:
+    if main_rank:
+        print(f"nothing to do: the run in {out} finished its {done} "
+              f"epoch{'s' if done != 1 else ''} (test acc "
+              f"{ck.get('test_acc', float('nan')):.4f}, best {ck['best_acc']:.4f}); {how}",
+              flush=True)
+    if plot and main_rank:
         plot_curves(out / "log.jsonl", out / "curves.png")
     return {"test_acc": ck.get("test_acc", float("nan")), "best_acc": ck["best_acc"],
             "history": read_log(out / "log.jsonl"), "out": str(out), "model": None}
@@ -115,7 +123,7 @@ def train(args, world=None) -> dict:
     if world is not None:
         world.check_settings(cfg)
     if ck and ck["epochs_done"] >= cfg["epochs"] and not ck["partial"]:
-        return _nothing_to_do(out, cfg, ck, args.plot)
+        return _nothing_to_do(out, cfg, ck, args.plot, world is None or world.is_main)
     prepare_out_dir(out)
     previous = [] if ck else previous_run_files(out)
     if previous and not args.overwrite:
