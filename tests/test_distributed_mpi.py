@@ -7,6 +7,7 @@ simulated CuPy.  Skipped where mpiexec/mpi4py are missing (``make test`` install
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -101,11 +102,16 @@ def test_checkpoint_by_rank_0_and_distributed_resume_as_one_process(tmp_path, ca
     _distributed(tmp_path, "two", *opts)
     files = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert files == ["best.npz", "checkpoint.npz", "log.jsonl"], files   # no temporaries
+    shutil.copytree(tmp_path / "two", tmp_path / "cross")
     out = _distributed(tmp_path, "two", "--resume", "--epochs", "2")
     assert "resuming" in out and out.count("resuming") == 1
     _single(tmp_path / "one", *opts)
     _single(tmp_path / "one", "--resume", "--epochs", "2")
     _assert_same_training(tmp_path / "two" / "checkpoint.npz",
+                          tmp_path / "one" / "checkpoint.npz", "simple_cnn", 2 * STEPS)
+    # the 2-process checkpoint resumed by one process continues the same way
+    _single(tmp_path / "cross", "--resume", "--epochs", "2")
+    _assert_same_training(tmp_path / "cross" / "checkpoint.npz",
                           tmp_path / "one" / "checkpoint.npz", "simple_cnn", 2 * STEPS)
     assert [r["epoch"] for r in train.read_log(tmp_path / "two" / "log.jsonl")] == [1, 2]
     assert read(tmp_path / "two" / "checkpoint.npz")[1]["extra"]["epochs_done"] == 2
