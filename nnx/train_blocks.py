@@ -112,8 +112,8 @@ class _StepMetrics:
     def add(self, loss, logits, y) -> None:
         n = int(y.shape[0])   # a shape: host data, no synchronisation
         self.last = loss
-        self.loss_sum = self.loss_sum + loss * n
-        self.correct = self.correct + (logits.argmax(axis=1) == y).sum()
+        self.loss_sum, self.correct = B.get().step_metrics_add(self.loss_sum, self.correct,
+                                                               loss, n, logits, y)
         self.seen += n
         self.pending += 1
 

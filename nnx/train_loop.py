@@ -215,6 +215,8 @@ class Trainer:
                 if metrics.due():
                     loss, total, _ = metrics.read()
                     if world.any(not math.isfinite(total)):
+                        if not math.isfinite(total):
+                            self.criterion.check_labels()  # a bad label on the GPU: name it
                         raise self._diverged(loss, epoch, step, metrics.every)
                 optimizer.zero_grad()
                 # the images need no gradient: skip the first layer's dL/dx
