@@ -1,10 +1,12 @@
-"""Ready-made models: ``nnx.models.get("simple_cnn" | "resnet", **kwargs)``."""
+"""Ready-made models: ``nnx.models.get("simple_cnn" | "resnet" | "airbench94", **kwargs)``."""
 from __future__ import annotations
 
+from .airbench import Airbench94
 from .resnet import BasicBlock, ResNetSmall
 from .simple_cnn import SimpleCNN
 
-_REGISTRY = {"simple_cnn": SimpleCNN, "resnet": ResNetSmall, "resnet8": ResNetSmall}
+_REGISTRY = {"simple_cnn": SimpleCNN, "resnet": ResNetSmall, "resnet8": ResNetSmall,
+             "airbench94": Airbench94}
 
 
 def get(name: str, **kwargs):
@@ -19,4 +21,4 @@ def available():
     return sorted(_REGISTRY)
 
 
-__all__ = ["SimpleCNN", "ResNetSmall", "BasicBlock", "get", "available"]
+__all__ = ["Airbench94", "SimpleCNN", "ResNetSmall", "BasicBlock", "get", "available"]
