@@ -1,0 +1,1 @@
+"""Complete training recipes with their own loops (``python -m nnx.recipes.<name>``)."""
