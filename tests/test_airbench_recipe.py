@@ -109,3 +109,15 @@ def test_cuda_recipe_matches_cpu(rng):
         # float64 on both: per-step reordering differences ~1e-13 relative, amplified by
         # 5 training steps; 1e-7 (float32's roundoff) would catch any real difference
         np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-7 * np.abs(a).max())
+
+
+def test_recipe_argument_parsing():
+    from nnx.recipes import recipe_argument, run_recipe
+    assert recipe_argument(["--epochs", "2", "--recipe", "airbench94", "--seed", "1"]) == (
+        "airbench94", ["--epochs", "2", "--seed", "1"])
+    assert recipe_argument(["--recipe=airbench94"]) == ("airbench94", [])
+    assert recipe_argument(["--epochs", "2"]) == (None, ["--epochs", "2"])
+    with pytest.raises(SystemExit, match="needs a name"):
+        recipe_argument(["--recipe"])
+    with pytest.raises(SystemExit, match="unknown recipe 'vgg'"):
+        run_recipe("vgg", [])

@@ -211,8 +211,8 @@ def run(cfg: Config, dataset: str = "cifar10", root=None, backend: str = "cpu", 
     return result
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="airbench94", description=__doc__.split("\n\n")[0],
+def build_parser(prog="airbench94"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="cifar10")
     p.add_argument("--data", default=None, help="CIFAR-10 directory or archive (see nnx-train)")
@@ -230,9 +230,9 @@ def build_parser():
     return p
 
 
-def main(argv=None):
+def main(argv=None, prog="airbench94"):
     """Entry point; returns the result dict."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         widths = tuple(int(w) for w in args.widths.split(","))
     except ValueError:
