@@ -169,6 +169,11 @@ def main(argv=None):
     Errors exit with status 2 (data/checkpoint/usage), 3 (divergence) or 130 (Ctrl-C).
     Under ``--distributed`` a rank that fails otherwise ends the whole job (see
     :mod:`nnx.train_distributed`)."""
+    from .recipes import recipe_argument, run_recipe
+    recipe, rest = recipe_argument(sys.argv[1:] if argv is None else argv)
+    if recipe is not None:      # a recipe has its own loop and options (nnx/recipes/)
+        result = run_recipe(recipe, rest)
+        return result["tta_test_acc"] if argv is not None else None
     parser = build_parser()
     args = parser.parse_args(argv)
     world = None

@@ -121,3 +121,11 @@ def test_recipe_argument_parsing():
         recipe_argument(["--recipe"])
     with pytest.raises(SystemExit, match="unknown recipe 'vgg'"):
         run_recipe("vgg", [])
+
+
+def test_nnx_train_dispatches_to_the_recipe(capsys):
+    from nnx import train
+    acc = train.main(["--recipe", "airbench94", "--dataset", "digits", "--widths", "4,8,8",
+                      "--batch-size", "256", "--epochs", "1", "--train-limit", "512"])
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last["tta_test_acc"] == acc and last["train_images"] == 512
