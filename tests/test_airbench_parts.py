@@ -103,8 +103,9 @@ def test_conv_group_frozen_weights_change_only_their_own_gradient(backend, rng):
 def test_frozen_batchnorm_weight_gets_no_gradient_and_stays_one(backend, rng):
     model = Airbench94(widths=(4, 8, 8))
     x = backend.asarray(rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
-    opt = SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
-              weight_decay=0.1)
+    # all parameters, frozen ones included: the optimizer skips those without a gradient
+    # (weight decay would otherwise move them off 1)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
     loss = CrossEntropyLoss()
     for _ in range(2):
         loss(model(x), backend.asarray(np.arange(4)))

@@ -112,10 +112,11 @@ def build_optimizer(model, cfg: Config, total_steps: int):
 
 def train(model, images, labels, cfg: Config, hook=None, log=None):
     """Train ``model`` (whitening layer already initialised) on normalised ``images`` and
-    ``labels`` (arrays of the active backend).  ``hook(event, info)`` is called after every
-    step (``"step"``: epoch, step, inputs, labels, logits, loss, lookahead, optimizer) and at the end
-    of every epoch (``"epoch_end"``) and at its start (``"epoch_start"``: the augmentation
-    and the shuffling ``order``), for tests and logging.  Returns per-epoch statistics."""
+    ``labels`` (arrays of the active backend).  ``hook(event, info)`` is called at the start
+    of every epoch (``"epoch_start"``: the augmentation, the shuffling ``order`` and the
+    epoch's images), after every step (``"step"``: epoch, step, inputs, labels, logits, loss,
+    lookahead, optimizer) and at the end of every epoch (``"epoch_end"``), for tests and
+    logging.  Returns per-epoch statistics."""
     be = B.get()
     n = images.shape[0]
     steps_per_epoch = n // cfg.batch_size
