@@ -4,6 +4,7 @@ present) against the CPU on the same random draws."""
 from __future__ import annotations
 
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -35,9 +36,13 @@ def _synthetic_cifar(root, seed=0):
     return root
 
 
-def test_recipe_learns_a_cifar_format_archive(tmp_path):
-    root = _synthetic_cifar(tmp_path)
-    arrays = cifar10.load_cifar10(root, download=False, batch_rows=ROWS)
+def test_recipe_learns_a_cifar_format_archive(tmp_path, monkeypatch):
+    folder = _synthetic_cifar(tmp_path / "src") / cifar10.FOLDER
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=cifar10.FOLDER)
+    monkeypatch.setenv("NNX_DATA", str(tmp_path / "cache"))     # extraction goes there
+    arrays = cifar10.load_cifar10(archive, download=False, md5=None, batch_rows=ROWS)
     ds = ImageDataset("cifar10", *arrays, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD)
     cfg = R.Config(widths=(8, 16, 16), batch_size=80, epochs=5, whiten_images=400)
     res = R.run(cfg, ds, backend="cpu", seed=1, log=None)
