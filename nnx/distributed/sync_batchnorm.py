@@ -97,7 +97,7 @@ class SyncBatchNorm(_BatchNorm):
             var, = self._allreduce((xc * xc).sum(axis=axes, dtype=x.dtype))
             var = var / x.dtype.type(m)
             if self.training and self.track_running_stats:
-                self._update_statistics(mean, var, m)
+                self._update_running(mean, var, m)   # global statistics, BatchNorm's update
         else:
             mean, var = self.running_mean, self.running_var
             xc = x - mean.reshape(bshape)
@@ -108,19 +108,6 @@ class SyncBatchNorm(_BatchNorm):
             y = xhat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
         self.ctx.saved = (xhat, inv_std, use_batch, axes, bshape, m)
         return y
-
-    def _update_statistics(self, mean, var, m):
-        # BatchNorm's own update is private (and moving into C kernels): this one uses the
-        # public buffers only, with the equations of the docstring
-        self.num_batches_tracked[...] += 1        # in place: the buffers stay registered
-        mom = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-               else float(self.momentum))
-        rm, rv = self.running_mean, self.running_var
-        dt = rm.dtype.type
-        rm *= dt(1 - mom)
-        rm += dt(mom) * mean
-        rv *= dt(1 - mom)
-        rv += dt(mom * m / (m - 1)) * var
 
     def backward(self, dy):
         xhat, inv_std, use_batch, axes, bshape, m = self.ctx.saved
