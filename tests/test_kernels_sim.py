@@ -116,6 +116,54 @@ def test_bias_relu_2d_and_nan(sim, cpu, rng, dtype):
     np.testing.assert_allclose(y, cpu.bias_relu(x, b), **tol(dtype))  # NaN stays NaN
 
 
+# ------------------------------------------------------------------ bias + layout + ReLU
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("launch", LAUNCH)
+@pytest.mark.parametrize("has_bias,relu", [(1, 1), (1, 0), (0, 1)])
+def test_conv_output_nchw(sim, cpu, rng, dtype, launch, has_bias, relu):
+    """(O, N*HW) GEMM result -> NCHW, + bias, ReLU: the base backend's conv2d_gemm_forward
+    arithmetic (one add and one max per element, so equal up to nothing: same operations)."""
+    n, o, oh, ow = 3, 7, 5, 9
+    g = rng.standard_normal((o, n * oh * ow)).astype(dtype)
+    g[2, 4] = np.nan                                   # NaN survives the ReLU, as np.maximum
+    b = rng.standard_normal(o).astype(dtype)
+    y = poison((n, o, oh, ow), dtype)
+    run(sim, f"conv_output_nchw<{CT[dtype]}>", y.size, launch, y.size, o, oh * ow, g, b,
+        has_bias, relu, y)
+    want = g.reshape(o, n, oh, ow).transpose(1, 0, 2, 3) + (b.reshape(1, o, 1, 1) * has_bias)
+    if relu:
+        want = np.maximum(want, 0)
+    np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("launch", [(None, 64), (2, 64), (3, 256)])
+@pytest.mark.parametrize("shape", [(5, 7, 1), (3, 6, 45), (2, 3, 700)])
+@pytest.mark.parametrize("relu,transpose,has_bias", [(1, 1, 1), (1, 0, 1), (0, 1, 0),
+                                                     (0, 0, 1)])
+def test_bias_grad_rows(sim, cpu, rng, dtype, launch, shape, relu, transpose, has_bias):
+    """d = gy * [y > 0] (in gy's layout or as (C, N*inner) rows) and db = Σ d per channel,
+    vs the base backend's separate passes.  The sum's order differs (per-thread strides,
+    then a tree): any order of n additions is within n * eps * Σ|d| of the exact sum."""
+    outer, c, inner = shape
+    grid, block = launch
+    gy = rng.standard_normal(shape).astype(dtype)
+    y = rng.standard_normal(shape).astype(dtype)
+    d = poison((c, outer * inner) if transpose else shape, dtype)
+    db = poison(c, dtype)
+    run(sim, f"bias_grad_rows<{CT[dtype]}>", c, (grid or c, block), outer, c, inner, gy, y,
+        relu, transpose, has_bias, d, db)
+    want_d, want_db = nnx.backend.base.Backend.bias_grad(cpu, gy, y if relu else None,
+                                                         bool(has_bias), bool(transpose))
+    np.testing.assert_array_equal(d, want_d)            # one multiply per element
+    if has_bias:
+        n, eps = outer * inner, np.finfo(dtype).eps
+        abs_sum = np.abs(gy).sum(axis=(0, 2))               # >= Σ|d| per channel
+        assert (np.abs(db - want_db) <= 2 * n * eps * abs_sum).all()  # both sums' errors
+    else:
+        assert np.isnan(db).all()                       # not written
+
+
 # ------------------------------------------------------------------ softmax cross-entropy
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,c,grid,block", [(7, 10, 7, 32), (5, 300, 2, 256), (3, 1, 3, 64),

@@ -83,6 +83,25 @@ class Backend(ABC):
     def relu_backward(self, y, gy):
         """``gx = gy * [y > 0]`` where ``y = relu(x)``."""
 
+    # ---------------------------------------------------------------- Linear/Conv2d + ReLU
+    #: True where Linear/Conv2d + ReLU fused (``conv2d_forward(relu=True)``, ``bias_relu``,
+    #: :meth:`bias_grad`) saves launches; ``Sequential`` then fuses such pairs.  The NumPy
+    #: backend keeps the separate passes (the arithmetic is the same, nothing to gain).
+    fuses_bias_relu = False
+
+    def bias_grad(self, dy, y=None, has_bias=True, transpose=False):
+        """For ``dy (N, C, *inner)``: ``d = dy ⊙ [y > 0]`` (``d = dy`` when ``y`` is None)
+        and ``db[c] = Σ_{n, inner} d[n, c, inner]`` (None unless ``has_bias``).  Returns
+        ``(d, db)``; ``d`` has ``dy``'s shape, or is ``(C, N·inner)`` C-contiguous when
+        ``transpose`` (the convolution GEMM's layout).  Generic version: separate passes."""
+        xp = self.xp
+        d = dy if y is None else self.relu_backward(y, dy)
+        if transpose:
+            d = xp.ascontiguousarray(xp.moveaxis(d, 1, 0)).reshape(d.shape[1], -1)
+            return d, (d.sum(axis=1) if has_bias else None)
+        axes = (0,) + tuple(range(2, d.ndim))
+        return d, (d.sum(axis=axes) if has_bias else None)
+
     # ---------------------------------------------------------------- losses
     @abstractmethod
     def softmax_cross_entropy_forward(self, logits, labels, label_smoothing=0.0):
@@ -110,36 +129,38 @@ class Backend(ABC):
     def col2im(self, cols, x_shape, kernel, stride, padding, dilation):
         """Adjoint of :meth:`im2col`: sums column entries back into an ``x_shape`` array."""
 
-    def conv2d_forward(self, x, w, bias, stride, padding, dilation, groups=1):
+    def conv2d_forward(self, x, w, bias, stride, padding, dilation, groups=1, relu=False):
         """Convolution ``y (N,O,OH,OW)`` of ``x (N,C,H,W)`` with ``w (O,C/g,KH,KW)`` (+ bias);
         returns ``(y, saved)``, ``saved`` opaque, for :meth:`conv2d_backward`.  Generic
         version: :meth:`im2col` + :meth:`conv2d_gemm_forward`; backends may compute it
-        another way (the NumPy backend's C kernels convolve directly)."""
+        another way (the NumPy backend's C kernels convolve directly).  ``relu=True``
+        returns ``max(y, 0)`` instead (see :attr:`fuses_bias_relu`)."""
         n, _, h, wd = x.shape
         o, _, kh, kw = w.shape
         oh = out_size(h, kh, stride[0], padding[0], dilation[0])
         ow = out_size(wd, kw, stride[1], padding[1], dilation[1])
         cols = self.im2col(x, (kh, kw), stride, padding, dilation)
-        y = self.conv2d_gemm_forward(w.reshape(o, -1), cols, bias, n, oh, ow, groups)
+        y = self.conv2d_gemm_forward(w.reshape(o, -1), cols, bias, n, oh, ow, groups, relu)
         return y, ("im2col", cols, tuple(x.shape))
 
     def conv2d_backward(self, dy, saved, w, has_bias, need_dx, stride, padding, dilation,
-                        groups=1):
+                        groups=1, relu_y=None):
         """Gradients of :meth:`conv2d_forward` for ``δ = dy``: ``(dx or None, dW (shape of
         w), db (O,) or None)`` with ``dW = D @ colsᵀ``, ``db = Σ δ``, ``dx = col2im(Wᵀ @ D)``
-        per group.  ``need_dx=False`` skips ``dx`` (a first layer)."""
+        per group.  ``need_dx=False`` skips ``dx`` (a first layer).  ``relu_y``: the output
+        of a ``relu=True`` forward; then ``δ = dy ⊙ [relu_y > 0]``."""
         _, cols, x_shape = saved
         o, _, kh, kw = w.shape
         dw, db, dcols = self.conv2d_gemm_backward(w.reshape(o, -1), cols, dy, has_bias,
-                                                  need_dx, groups)
+                                                  need_dx, groups, relu_y)
         dx = (self.col2im(dcols, x_shape, (kh, kw), stride, padding, dilation)
               if need_dx else None)
         return dx, dw.reshape(w.shape), db
 
-    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow, groups=1):
+    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow, groups=1, relu=False):
         """``y (N,O,OH,OW) = w2_g (O/g, K/g) @ cols_g (K/g, N·OH·OW) (+ bias)`` for each group
-        ``g`` — the GEMM stage of a convolution (``K = C·KH·KW``).  Generic version; backends
-        may override it."""
+        ``g`` — the GEMM stage of a convolution (``K = C·KH·KW``), then ``max(y, 0)`` when
+        ``relu``.  Generic version; backends may override it."""
         xp = self.xp
         o = w2.shape[0]
         y = _grouped_matmul(xp, w2, cols, groups).reshape(o, n, oh, ow)
@@ -148,12 +169,17 @@ class Backend(ABC):
             xp.add(y.transpose(1, 0, 2, 3), bias.reshape(1, o, 1, 1), out=out)
         else:
             out[...] = y.transpose(1, 0, 2, 3)
+        if relu:
+            xp.maximum(out, 0, out=out)
         return out
 
-    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx, groups=1):
-        """Gradients of :meth:`conv2d_gemm_forward` for ``δ = dy (N,O,OH,OW)``: returns
+    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx, groups=1, relu_y=None):
+        """Gradients of :meth:`conv2d_gemm_forward` for ``δ = dy (N,O,OH,OW)`` (times
+        ``[relu_y > 0]`` after a ``relu=True`` forward): returns
         ``(dW (O,K/g), db (O,) or None, dcols (K, N·OH·OW) or None)``."""
         xp = self.xp
+        if relu_y is not None:
+            dy = self.relu_backward(relu_y, dy)
         o = w2.shape[0]
         d2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, -1)  # one copy
         db = d2.sum(axis=1) if has_bias else None

@@ -398,18 +398,67 @@ class CupyBackend(Backend):
         self._launch("col2im", "col2im", kdt, x.size, (_i64(x.size), *geo, cols, x))
         return x
 
-    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx, groups=1):
+    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow, groups=1, relu=False):
+        """As :meth:`Backend.conv2d_gemm_forward`; for ``groups == 1`` the bias, the copy to
+        NCHW and the ReLU are one ``conv_output_nchw`` launch after the GEMM."""
+        if groups != 1:
+            return super().conv2d_gemm_forward(w2, cols, bias, n, oh, ow, groups, relu)
+        g = self.xp.matmul(w2, cols)
+        return self.conv_output_nchw(g, bias, n, oh, ow, relu)
+
+    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx, groups=1, relu_y=None):
         """As :meth:`Backend.conv2d_gemm_backward`, but ``dW = D @ colsᵀ`` in the orientation
         that gives a C-contiguous ``dW`` (the base class's ``(cols @ Dᵀ)ᵀ`` suits OpenBLAS and
         returns a transposed view, which the multi-tensor optimizer kernels, indexing flat
-        memory, would have to copy)."""
+        memory, would have to copy); ``D`` and ``db`` (and the ReLU mask) are one
+        :meth:`bias_grad` launch."""
         if groups != 1:
-            return super().conv2d_gemm_backward(w2, cols, dy, has_bias, need_dx, groups)
+            return super().conv2d_gemm_backward(w2, cols, dy, has_bias, need_dx, groups,
+                                                relu_y)
         xp = self.xp
-        d2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(w2.shape[0], -1)
-        db = d2.sum(axis=1) if has_bias else None
+        d2, db = self.bias_grad(dy, relu_y, has_bias, transpose=True)
         dcols = xp.matmul(w2.T, d2) if need_dx else None
         return xp.matmul(d2, cols.T), db, dcols
+
+    # ---------------------------------------------------------------- Linear/Conv2d + ReLU
+    fuses_bias_relu = True
+
+    def conv_output_nchw(self, g, bias, n, oh, ow, relu=False):
+        """``y[n,o,p] = g[o, n·OH·OW + p] + bias[o]`` (bias optional), then ``max(y, 0)``
+        when ``relu``: a GEMM result ``(O, N·OH·OW)`` as the NCHW output, one launch."""
+        g = self._native(g, "conv_output_nchw")
+        kdt = self._kernel_dtype(g, "conv_output_nchw")
+        o, hw = g.shape[0], int(oh) * int(ow)
+        if g.ndim != 2 or g.shape[1] != n * hw:
+            raise ValueError(f"conv_output_nchw: expected a ({o}, {n * hw}) GEMM result, got "
+                             f"shape {tuple(g.shape)}")
+        b = g if bias is None else self._same(g, bias, "conv_output_nchw bias", (o,))
+        y = self.xp.empty((n, o, oh, ow), dtype=g.dtype)
+        self._launch("bias_layout", "conv_output_nchw", kdt, y.size,
+                     (_i64(y.size), _i64(o), _i64(hw), g, b, _i32(bias is not None),
+                      _i32(relu), y))
+        return y
+
+    def bias_grad(self, dy, y=None, has_bias=True, transpose=False):
+        """As :meth:`Backend.bias_grad`, in one ``bias_grad_rows`` launch (one block per
+        channel)."""
+        dy = self._native(dy, "bias_grad")
+        kdt = self._kernel_dtype(dy, "bias_grad")
+        if dy.ndim < 2:
+            raise ValueError(f"bias_grad: dy must be (N, C, ...), got shape {tuple(dy.shape)}")
+        outer, channels = dy.shape[0], dy.shape[1]
+        inner = int(np.prod(dy.shape[2:], dtype=np.int64))
+        relu = y is not None
+        y = self._same(dy, y, "bias_grad y", dy.shape) if relu else dy
+        d = self.xp.empty((channels, outer * inner) if transpose else dy.shape, dtype=dy.dtype)
+        db = self.xp.empty((channels,), dtype=dy.dtype) if has_bias else None
+        if channels > 0:
+            grid, block = kl.rows_config(channels, outer * inner)
+            kl.get_kernel("bias_layout", "bias_grad_rows", kdt)(
+                grid, block, (_i64(outer), _i64(channels), _i64(max(inner, 1)), dy, y,
+                              _i32(relu), _i32(transpose), _i32(has_bias), d,
+                              d if db is None else db))
+        return d, db
 
     def _pool_geo(self, x_shape, kernel, stride, padding):
         if padding[0] * 2 > kernel[0] or padding[1] * 2 > kernel[1]:

@@ -149,14 +149,18 @@ class NumpyBackend(Backend):
         return cpu_conv.col2im(cols, x_shape, kernel, stride, padding, dilation)
 
     # groups 1 (stride 1, or dilation 1): the C kernels' direct convolution when available
-    def conv2d_forward(self, x, w, bias, stride, padding, dilation, groups=1):
+    def conv2d_forward(self, x, w, bias, stride, padding, dilation, groups=1, relu=False):
         if cpu_direct.conv_supported(x.dtype, stride, padding, dilation, w.shape[2:], groups):
             y, x_c = cpu_direct.conv2d_forward(x, w, bias, padding, dilation, tuple(stride))
+            if relu:
+                np.maximum(y, 0, out=y)
             return y, ("direct", x_c)
-        return super().conv2d_forward(x, w, bias, stride, padding, dilation, groups)
+        return super().conv2d_forward(x, w, bias, stride, padding, dilation, groups, relu)
 
     def conv2d_backward(self, dy, saved, w, has_bias, need_dx, stride, padding, dilation,
-                        groups=1):
+                        groups=1, relu_y=None):
+        if relu_y is not None:
+            dy = self.relu_backward(relu_y, dy)
         if saved[0] == "direct":
             return cpu_direct.conv2d_backward(saved[1], w, dy, has_bias, need_dx, padding,
                                               dilation, tuple(stride))
@@ -164,13 +168,16 @@ class NumpyBackend(Backend):
                                        dilation, groups)
 
     # groups == 1: batch-chunked (and, for thin column matrices, per-image) GEMMs
-    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow, groups=1):
+    def conv2d_gemm_forward(self, w2, cols, bias, n, oh, ow, groups=1, relu=False):
         if groups != 1:
-            return super().conv2d_gemm_forward(w2, cols, bias, n, oh, ow, groups)
-        return cpu_conv.conv_forward_gemm(w2, cols, bias, n, oh, ow,
-                                          cols.shape[0] <= cpu_conv.PER_IMAGE_MAX_ROWS)
+            return super().conv2d_gemm_forward(w2, cols, bias, n, oh, ow, groups, relu)
+        y = cpu_conv.conv_forward_gemm(w2, cols, bias, n, oh, ow,
+                                       cols.shape[0] <= cpu_conv.PER_IMAGE_MAX_ROWS)
+        return np.maximum(y, 0, out=y) if relu else y
 
-    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx, groups=1):
+    def conv2d_gemm_backward(self, w2, cols, dy, has_bias, need_dx, groups=1, relu_y=None):
+        if relu_y is not None:
+            dy = self.relu_backward(relu_y, dy)
         if groups != 1:
             return super().conv2d_gemm_backward(w2, cols, dy, has_bias, need_dx, groups)
         return cpu_conv.conv_backward_gemm(w2, cols, dy, has_bias, need_dx,
