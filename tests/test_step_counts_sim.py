@@ -92,6 +92,11 @@ def test_training_step_counts(cuda_active, optimizer):
         step_trace.sequence_without_uploads(second)
     assert first.counts()["h2d"] <= 1 and second.counts()["h2d"] <= 1
     assert second.counts()["rng_create"] == 0
+    # issue 15's target, at most half the original 71: bias + layout (+ ReLU) and ReLU mask
+    # + bias gradient fused (Sequential's Linear/Conv2d + ReLU pairs): 31 for this model
+    assert sum(names.values()) <= 35, names
+    assert not any(n.startswith(("relu<", "relu_backward<", "ascontiguousarray"))
+                   for n in names), names
 
 
 def test_step_metrics_read_only_when_due(cuda_active):

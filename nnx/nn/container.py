@@ -2,7 +2,10 @@
 tape's (``Module.backward``), including ``backward(dy, input_grad=False)``."""
 from __future__ import annotations
 
+from .. import backend as B
 from .activation import ReLU
+from .conv import Conv2d
+from .linear import Linear
 from .module import Module
 from .pooling import MaxPool2d
 
@@ -16,6 +19,17 @@ class Sequential(Module):
     ReLU is monotone, so ``maxpool(relu(x)) = relu(maxpool(x))`` bit for bit, and the
     gradients agree too: both send ``dL/dy`` to the window's first maximum when it is
     positive, and nowhere otherwise.  The ReLU then touches ``1/(KH·KW)`` of the elements.
+
+    On a backend with ``fuses_bias_relu`` (CUDA) a ``Linear`` or ``Conv2d`` directly
+    followed by a ``ReLU`` runs as one call ``layer(x, relu=True)``: its forward computes
+    ``max(Wx + b, 0)`` in the bias (and, for Conv2d, NCHW-layout) kernel, and its backward
+    masks ``dy`` with ``[y > 0]`` inside the bias-gradient kernel, 2-3 launches fewer per
+    pair; the ReLU is then not called (it has no state).  The result is the same function
+    (same operations per element; only the bias-gradient sum's order may differ).  This
+    was chosen over PyTorch's fused modules (``torch.ao.nn.intrinsic`` + ``fuse_modules``)
+    because models and state_dicts stay as written and nothing has to opt in.  A pair is
+    left unfused when either module has forward hooks (they must see the ReLU's input) or
+    is a subclass (its forward may differ).
     """
 
     def __init__(self, *modules):
@@ -44,16 +58,27 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def _execution_order(self):
-        mods = list(self._modules.values())
-        for i in range(len(mods) - 1):
-            if type(mods[i]) is ReLU and isinstance(mods[i + 1], MaxPool2d):
-                mods[i], mods[i + 1] = mods[i + 1], mods[i]
-        return mods
+        """The children in the order forward runs them, without fusion."""
+        return [m for m, _ in _relu_after_pool([(m, False) for m in self._modules.values()])]
+
+    def _steps(self):
+        """``(module, relu)`` pairs: forward calls ``module(x, relu=True)`` for a fused pair."""
+        if not getattr(B.get(), "fuses_bias_relu", False):
+            return [(m, False) for m in self._execution_order()]
+        mods, steps = list(self._modules.values()), []
+        i = 0
+        while i < len(mods):
+            fused = i + 1 < len(mods) and _fusable(mods[i], mods[i + 1])
+            steps.append((mods[i], fused))
+            i += 2 if fused else 1
+        return _relu_after_pool(steps)
 
     def forward(self, x):
         prev = None
-        for m in self._execution_order():
-            if isinstance(x, (tuple, list)) and prev is not None:
+        for m, relu in self._steps():
+            if relu:
+                x = m(x, relu=True)
+            elif isinstance(x, (tuple, list)) and prev is not None:
                 try:            # (a layer written to take the tuple is fine)
                     x = m(x)
                 except (TypeError, ValueError, AttributeError) as e:
@@ -63,6 +88,23 @@ class Sequential(Module):
                 x = m(x)
             prev = m
         return x
+
+
+def _relu_after_pool(steps):
+    """Swap each unfused ``ReLU`` with a ``MaxPool2d`` right after it (see Sequential)."""
+    for i in range(len(steps) - 1):
+        (a, fused), (b, _) = steps[i], steps[i + 1]
+        if not fused and type(a) is ReLU and isinstance(b, MaxPool2d):
+            steps[i], steps[i + 1] = steps[i + 1], steps[i]
+    return steps
+
+
+def _fusable(layer, nxt):
+    """A Linear/Conv2d (exact types) followed by a ReLU, neither with hooks."""
+    if type(layer) not in (Linear, Conv2d) or type(nxt) is not ReLU:
+        return False
+    return not any(m.__dict__.get(h) for m in (layer, nxt)
+                   for h in ("_forward_pre_hooks", "_forward_hooks"))
 
 
 # what the recurrent layers return (PyTorch's structures)

@@ -80,13 +80,17 @@ class Conv2d(Module):
                 f"{dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}) is larger than the padded input "
                 f"{x.shape[2] + 2 * ph}x{x.shape[3] + 2 * pw}")
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """``relu=True`` returns ``max(y, 0)`` from the same pass (a following ReLU fused
+        in: see :class:`~nnx.nn.container.Sequential`); backward masks ``dy`` with
+        ``[y > 0]`` inside the backend's bias-gradient pass."""
         x = as_input(x, self.weight.data.dtype, "Conv2d")
         self._check(x)
         bias = None if self.bias is None else self.bias.data
         y, saved = B.get().conv2d_forward(x, self._weight4(), bias, *self._geometry()[1:],
-                                          self.groups)
+                                          self.groups, relu=relu)
         self.ctx.saved, self.ctx.x_shape = saved, tuple(x.shape)
+        self.ctx.relu_y = y if relu else None
         return y
 
     def backward(self, dy):
@@ -104,7 +108,8 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d.backward: dy has shape {tuple(dy.shape)}, expected "
                              f"{tuple(expected)} (the output of its forward)")
         dx, dw, db = B.get().conv2d_backward(dy, saved, self._weight4(), self.bias is not None,
-                                             need_dx, *self._geometry()[1:], self.groups)
+                                             need_dx, *self._geometry()[1:], self.groups,
+                                             relu_y=getattr(self.ctx, "relu_y", None))
         if db is not None:
             self.bias.accumulate(db, owned=True)  # fresh from the backend
         self.weight.accumulate(dw.reshape(self.weight.data.shape), owned=True)

@@ -36,7 +36,9 @@ class Linear(Module):
         else:
             self.bias = None
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """``relu=True`` returns ``max(y, 0)`` (a following ReLU fused in: see
+        :class:`~nnx.nn.container.Sequential`); backward then applies ``[y > 0]`` first."""
         x = as_input(x, self.weight.data.dtype, "Linear")
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             got = x.shape[-1] if x.ndim else "a scalar"
@@ -45,9 +47,19 @@ class Linear(Module):
                              f"(input shape {tuple(x.shape)})")
         self.ctx.x = x
         y = x @ self.weight.data.T
+        if relu:
+            return self._bias_relu(y)
         if self.bias is not None:
             y += self.bias.data
         return y
+
+    def _bias_relu(self, y):
+        """``max(y + b, 0)`` in one pass, saved for the fused backward."""
+        be = B.get()
+        y2 = y.reshape(-1, self.out_features)
+        y2 = be.relu(y2) if self.bias is None else be.bias_relu(y2, self.bias.data)
+        self.ctx.relu_y = y2
+        return y2.reshape(y.shape)
 
     def backward(self, dy):
         d2 = self._param_grads(dy)
@@ -61,9 +73,14 @@ class Linear(Module):
     def _param_grads(self, dy):
         x2 = self.ctx.x.reshape(-1, self.in_features)
         d2 = dy.reshape(-1, self.out_features)
+        relu_y = getattr(self.ctx, "relu_y", None)
+        if relu_y is not None:      # δ = dy ⊙ [y > 0] and Σ_rows δ in one pass
+            d2, db = B.get().bias_grad(d2, relu_y, self.bias is not None)
+        elif self.bias is not None:
+            db = d2.sum(axis=0)
         self.weight.accumulate(d2.T @ x2, owned=True)
         if self.bias is not None:
-            self.bias.accumulate(d2.sum(axis=0), owned=True)
+            self.bias.accumulate(db, owned=True)
         return d2
 
     def extra_repr(self):
