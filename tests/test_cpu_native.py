@@ -493,6 +493,7 @@ def test_c_maxpool_nan_like_torch(rng, monkeypatch, k, s, p, dtype):
 def test_thread_chunking_is_deterministic(rng, monkeypatch, dtype):
     monkeypatch.setenv("NNX_CPU_KERNELS", "1")
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)
+    monkeypatch.setattr(cpu_direct, "_GROUP_MAX", 2)   # 7 images: weight-gradient groups 2+2+2+1
     chunks = count_chunks(monkeypatch, cpu_direct)
     conv = Conv2d(3, 6, 3, padding=1, dilation=(1, 2), dtype=dtype)
     pool = MaxPool2d(3, 1, 1)
@@ -508,7 +509,8 @@ def test_thread_chunking_is_deterministic(rng, monkeypatch, dtype):
             gy = rng.standard_normal(y.shape).astype(dtype)
         assert conv.ctx.saved[0] == "direct"
         dx = conv.backward(pool.backward(gy))
-        # conv fwd, pool fwd, pool bwd, conv dW, conv dx: each split into `threads` chunks
+        # conv fwd, pool fwd, pool bwd, conv dW (over the 4 groups), conv dx: each split into
+        # `threads` chunks
         assert chunks == [int(threads)] * 5, chunks
         results[threads] = (y, dx, conv.weight.grad.copy(), conv.bias.grad.copy())
     y1, dx1, dw1, db1 = results["1"]
@@ -516,14 +518,37 @@ def test_thread_chunking_is_deterministic(rng, monkeypatch, dtype):
         y, dx, dw, db = results[t]
         np.testing.assert_array_equal(y, y1, err_msg=f"threads={t}")
         np.testing.assert_array_equal(dx, dx1, err_msg=f"threads={t}")
-        rtol = 1e-5 if dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(dw, dw1, rtol=rtol, atol=rtol * np.abs(dw1).max())
-        np.testing.assert_allclose(db, db1, rtol=rtol, atol=rtol * np.abs(db1).max())
-    # the same thread count twice: bit-identical weight gradients (fixed summation order)
-    conv.zero_grad()
-    pool(conv(x))
-    conv.backward(pool.backward(gy))
-    np.testing.assert_array_equal(conv.weight.grad, results["3"][2])
+        # exact: every group is summed by the same C code in the same order, and the groups
+        # are added left to right (cpu_direct._sum_in_order), whatever the chunking over threads
+        np.testing.assert_array_equal(dw, dw1, err_msg=f"threads={t}")
+        np.testing.assert_array_equal(db, db1, err_msg=f"threads={t}")
+
+
+@needs_c
+@pytest.mark.parametrize("stride,kernel,hw", [(1, 3, 8), (2, 3, 16), (2, 1, 32), (1, 1, 8)])
+def test_weight_grad_groups_match_float64_reference(rng, monkeypatch, stride, kernel, hw):
+    """Weight/bias gradients summed over fixed groups of images (a short last group too)
+    against a float64 einsum: float32 error bound eps32 * (N*OH*OW terms) * max|dy| max|x|."""
+    monkeypatch.setattr(cpu_direct, "_GROUP_MAX", 3)
+    n, c, o, pad = 7, 5, 20, kernel // 2
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    w = rng.standard_normal((o, c, kernel, kernel)).astype(np.float32)
+    y, xc = cpu_direct.conv2d_forward(x, w, None, (pad, pad), (1, 1), (stride, stride))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    _, dW, db = cpu_direct.conv2d_backward(xc, w, dy, True, False, (pad, pad), (1, 1),
+                                           (stride, stride))
+    oh, ow = y.shape[2:]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ref = np.zeros(w.shape)
+    for i in range(kernel):
+        for j in range(kernel):
+            xs = xp[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+            ref[:, :, i, j] = np.einsum("nohw,nchw->oc", dy.astype(np.float64), xs)
+    terms = n * oh * ow
+    bound = np.finfo(np.float32).eps * terms * np.abs(dy).max() * np.abs(x).max()
+    assert np.abs(dW - ref).max() <= bound
+    assert np.abs(db - dy.astype(np.float64).sum((0, 2, 3))).max() <= (
+        np.finfo(np.float32).eps * terms * np.abs(dy).max())
 
 
 # ------------------------------------------------------------------------- 5. build machinery

@@ -12,23 +12,25 @@
 #define OB 8          /* forward: output channels per block   (OB*PV accumulators) */
 #define PV 2          /* forward: vectors of positions per block */
 #endif
-#ifndef WOB
-#define WOB 4         /* weight gradient: output channels per block (WOB*WKB accumulators) */
-#define WKB 4         /* weight gradient: (c, i, j) rows per block */
+#ifndef WKB1
+#define WKB1 16       /* weight gradient: (c, i, j) rows per block with 1 vector of channels */
+#define WKB2 8        /* ... with 2 vectors of channels (WKB2*2 accumulators) */
 #endif
 #elif defined(__AVX__)
 #define VBYTES 32
 #define OB 4
 #define PV 2
-#define WOB 2
-#define WKB 4
+#define WKB1 12
+#define WKB2 6
 #else
 #define VBYTES 16
 #define OB 4
 #define PV 2
-#define WOB 2
-#define WKB 4
+#define WKB1 12
+#define WKB2 6
 #endif
+
+#define WKB_MAX 16    /* bound of the weight-gradient accumulator array (>= WKB1, WKB2) */
 
 typedef float vf32 __attribute__((vector_size(VBYTES)));
 typedef float vf32u __attribute__((vector_size(VBYTES), aligned(4)));
@@ -56,4 +58,4 @@ typedef double vf64u __attribute__((vector_size(VBYTES), aligned(8)));
 #undef FN
 
 /* Lets the loader check it opened the library it built. */
-int nnx_conv2d_abi(void) { return 1; }
+int nnx_conv2d_abi(void) { return 2; }

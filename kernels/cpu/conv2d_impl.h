@@ -11,7 +11,8 @@
  * computed and then dropped; xpad has SLACK zeros after its end so runs never read past it.
  *
  *   forward   y[o, p]  = b[o] + sum_{c,i,j} W[o,c,i,j] * xpad[c, p + off(i,j)]
- *   weights   dW[o,c,i,j] += sum_p dy[o, p] * xpad[c, p + off(i,j)]    (dy zero at junk p)
+ *   weights   dW[o,c,i,j]  = sum_{n,oh,ow} dy[n, o, oh, ow] * xpad_n[c, oh*Wq + ow + off(i,j)]
+ *             (real columns only; vectorised over o, see wgt_block)
  *
  * The backward pass for the input is the forward pass run on dy (see nnx/backend/native.py).
  *
@@ -153,70 +154,94 @@ int FN(conv2d_forward)(const T *x, const T *w, const T *bias, T *y,
     return 0;
 }
 
-/* Horizontal sum of one vector. */
-static inline T FN(hsum)(VT v)
+/* One weight-gradient block: KB rows k0.. of the (c, i, j) index x OV vectors of output
+ * channels o0.., summed over every position of a group of images (the accumulators stay in
+ * registers for the whole group: G*OH*OW positions per block visit).  Vectorised over
+ * output channels: dyt is dy transposed to (image, oh, ow, Opad), so one position's OV
+ * vectors are contiguous, and x is broadcast.  Only the OW real columns are visited (no
+ * junk columns).  KB and OV are compile-time constants at every call (always inlined). */
+static inline __attribute__((always_inline)) void
+FN(wgt_block)(const T *xg, size_t xstride, const T *dyt, const int *off, int G, int OH, int OW,
+              int Wq, int Opad, int k0, int o0, T *acc_out, int KB, int OV)
 {
-    T s = 0;
-    for (int l = 0; l < NV; l++) s += v[l];
-    return s;
+    VT acc[WKB_MAX][2];
+    for (int q = 0; q < KB; q++)
+        for (int v = 0; v < OV; v++) acc[q][v] = (VT){0};
+    const T *d = dyt + o0;
+    for (int n = 0; n < G; n++)
+        for (int oh = 0; oh < OH; oh++) {
+            const T *xr = xg + (size_t)n * xstride + (size_t)oh * Wq;
+            for (int ow = 0; ow < OW; ow++, d += Opad) {
+                VT dv[2];
+                for (int v = 0; v < OV; v++) dv[v] = *(const VTU *)(d + v * NV);
+                for (int q = 0; q < KB; q++) {
+                    VT xb = FN(splat)(xr[off[k0 + q] + ow]);
+                    for (int v = 0; v < OV; v++) acc[q][v] += xb * dv[v];
+                }
+            }
+        }
+    for (int q = 0; q < KB; q++)
+        for (int v = 0; v < OV; v++)
+            *(VTU *)(acc_out + (size_t)(k0 + q) * Opad + o0 + v * NV) = acc[q][v];
 }
 
-/* dW (O, C, KH, KW) += sum_n dy_n (*) x_n and db (O) += sum dy (db may be NULL), stride
- * (sh, sw): the weight and bias gradients of conv2d_forward.  dW and db are accumulated into,
- * not overwritten.  Returns 0, or -1 when out of memory. */
-int FN(conv2d_backward_weight)(const T *x, const T *dy, T *dW, T *db,
-                               int N, int C, int H, int W, int O, int KH, int KW,
+/* The weight and bias gradients of conv2d_forward, stride (sh, sw), per group of G images:
+ *   dWg[g] (O, C, KH, KW) = sum_{n in group g} dy_n (*) x_n,   dbg[g] (O) = sum dy_n
+ * for the groups g = 0 .. ceil(N/G)-1 of this call's images (the last may be short).  Each
+ * group's sum runs over its images and positions in order, so a group's result does not
+ * depend on how the caller splits the batch into calls; the caller sums the groups in a
+ * fixed order.  dWg and dbg are overwritten; dbg may be NULL.  Returns 0, or -1 when out of
+ * memory. */
+int FN(conv2d_backward_weight)(const T *x, const T *dy, T *dWg, T *dbg, int N, int G,
+                               int C, int H, int W, int O, int KH, int KW,
                                int ph, int pw, int sh, int sw, int dh, int dw)
 {
     const FN(geom) g = FN(geometry)(C, H, W, KH, KW, ph, pw, sh, sw, dh, dw);
-    const int OH = g.OH, OW = g.OW, Wp = g.Wq, K = g.K;   /* Wp: the wide row length */
-    const int Kpad = (K + WKB - 1) / WKB * WKB, Opad = (O + WOB - 1) / WOB * WOB;
-    const int Lw = (OH * Wp + NV - 1) / NV * NV;
-    const size_t xsize = (size_t)sh * sw * C * g.Hq * Wp + (size_t)(Lw - OH * Wp)
-                         + (size_t)dw * (KW - 1) + NV;
-    T *xpad = calloc(xsize, sizeof(T));
-    T *dyw = calloc((size_t)Opad * Lw, sizeof(T));       /* junk columns and padded rows stay 0 */
-    VTU *acc_dw = calloc((size_t)Opad * Kpad, sizeof(VTU));  /* per-lane partial sums (calloc does not align to a vector) */
+    const int OH = g.OH, OW = g.OW, K = g.K, P = OH * OW;
+    const int OV = (O + NV - 1) / NV >= 2 ? 2 : 1, KB = OV == 2 ? WKB2 : WKB1;
+    const int Opad = (O + OV * NV - 1) / (OV * NV) * (OV * NV);
+    const int Kpad = (K + KB - 1) / KB * KB;
+    const size_t xstride = (size_t)sh * sw * C * g.Hq * g.Wq;
+    if (G > N) G = N;
+    T *xg = calloc(xstride * (size_t)G, sizeof(T));     /* borders stay zero (see pad_image) */
+    T *dyt = calloc((size_t)G * P * Opad, sizeof(T));   /* padded channels stay zero */
+    T *acc = malloc(sizeof(T) * (size_t)Kpad * Opad);
     int *off = malloc(sizeof(int) * (size_t)Kpad);
-    if (!xpad || !dyw || !acc_dw || !off) {
-        free(xpad); free(dyw); free(acc_dw); free(off); return -1;
-    }
+    if (!xg || !dyt || !acc || !off) { free(xg); free(dyt); free(acc); free(off); return -1; }
     FN(offsets)(off, g, C, KH, KW, sh, sw, dh, dw);
     for (int k = K; k < Kpad; k++) off[k] = off[K - 1];   /* padded rows: computed, discarded */
 
-    for (int n = 0; n < N; n++) {
-        FN(pad_image)(x + (size_t)n * C * H * W, xpad, C, H, W, g, ph, pw, sh, sw);
-        const T *dyn = dy + (size_t)n * O * OH * OW;
+    for (int n0 = 0, grp = 0; n0 < N; n0 += G, grp++) {
+        const int gn = N - n0 < G ? N - n0 : G;
+        for (int n = 0; n < gn; n++) {
+            FN(pad_image)(x + (size_t)(n0 + n) * C * H * W, xg + (size_t)n * xstride, C, H, W,
+                          g, ph, pw, sh, sw);
+            const T *dyn = dy + (size_t)(n0 + n) * O * P;
+            T *dtn = dyt + (size_t)n * P * Opad;
+            for (int o = 0; o < O; o++)
+                for (int p = 0; p < P; p++) dtn[(size_t)p * Opad + o] = dyn[(size_t)o * P + p];
+        }
+        for (int o0 = 0; o0 < Opad; o0 += OV * NV)
+            for (int k0 = 0; k0 < Kpad; k0 += KB) {
+                if (OV == 2)
+                    FN(wgt_block)(xg, xstride, dyt, off, gn, OH, OW, g.Wq, Opad, k0, o0, acc,
+                                  WKB2, 2);
+                else
+                    FN(wgt_block)(xg, xstride, dyt, off, gn, OH, OW, g.Wq, Opad, k0, o0, acc,
+                                  WKB1, 1);
+            }
+        T *dWo = dWg + (size_t)grp * O * K;
         for (int o = 0; o < O; o++)
-            for (int oh = 0; oh < OH; oh++)
-                memcpy(dyw + (size_t)o * Lw + (size_t)oh * Wp, dyn + ((size_t)o * OH + oh) * OW,
-                       sizeof(T) * (size_t)OW);
-        if (db)
-            for (int o = 0; o < O; o++) {
-                VT s = (VT){0};
-                for (int p = 0; p < Lw; p += NV) s += *(const VTU *)(dyw + (size_t)o * Lw + p);
-                db[o] += FN(hsum)(s);
-            }
-        for (int o0 = 0; o0 < Opad; o0 += WOB)
-            for (int k0 = 0; k0 < Kpad; k0 += WKB) {
-                VT acc[WOB][WKB];
-                for (int b = 0; b < WOB; b++)
-                    for (int q = 0; q < WKB; q++) acc[b][q] = (VT){0};
-                for (int p = 0; p < Lw; p += NV) {
-                    VT dv[WOB], xv[WKB];
-                    for (int b = 0; b < WOB; b++) dv[b] = *(const VTU *)(dyw + (size_t)(o0 + b) * Lw + p);
-                    for (int q = 0; q < WKB; q++) xv[q] = *(const VTU *)(xpad + off[k0 + q] + p);
-                    for (int b = 0; b < WOB; b++)
-                        for (int q = 0; q < WKB; q++) acc[b][q] += dv[b] * xv[q];
-                }
-                for (int b = 0; b < WOB; b++)
-                    for (int q = 0; q < WKB; q++)
-                        acc_dw[(size_t)(o0 + b) * Kpad + k0 + q] += acc[b][q];
-            }
+            for (int k = 0; k < K; k++) dWo[(size_t)o * K + k] = acc[(size_t)k * Opad + o];
+        if (dbg) {                       /* per channel, positions in order (vectorised over o) */
+            for (int o = 0; o < Opad; o++) acc[o] = 0;
+            for (size_t p = 0; p < (size_t)gn * P; p++)
+                for (int o = 0; o < Opad; o += NV)
+                    *(VTU *)(acc + o) += *(const VTU *)(dyt + p * Opad + o);
+            for (int o = 0; o < O; o++) dbg[(size_t)grp * O + o] = acc[o];
+        }
     }
-    for (int o = 0; o < O; o++)
-        for (int k = 0; k < K; k++) dW[(size_t)o * K + k] += FN(hsum)(acc_dw[(size_t)o * Kpad + k]);
-    free(xpad); free(dyw); free(acc_dw); free(off);
+    free(xg); free(dyt); free(acc); free(off);
     return 0;
 }
 #undef NV

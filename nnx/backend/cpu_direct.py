@@ -22,7 +22,8 @@ backward scatters into a zeroed ``dx``.
 
 Every routine splits the batch into ``NNX_NUM_THREADS`` chunks (``cpu_parallel``); ctypes
 drops the GIL during each C call, so chunks run in parallel.  Weight and bias gradients are
-summed per chunk, then in chunk order (deterministic for a given thread count).
+summed per group of images (:func:`weight_grad_group`: a size fixed by the geometry), then
+group by group in order, so they do not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -102,6 +103,28 @@ def _input_grad_strided(dy, w, x_shape, padding, stride):
     return np.ascontiguousarray(dxpad[:, :, ph:ph + h, pw:pw + wd])
 
 
+# work buffers of one weight-gradient group (padded images + transposed dy) kept near L2 size
+_GROUP_BYTES = 1 << 19
+_GROUP_MAX = 16
+
+
+def weight_grad_group(x_shape, w_shape, dy_shape, dtype) -> int:
+    """Images per weight-gradient group: from the per-image sizes only (never from the batch
+    or the thread count), so the groups, and the order they are summed in, are fixed."""
+    _, c, h, wd = x_shape
+    o, _, kh, kw = w_shape
+    per_image = (c * (h + 2 * kh) * (wd + 2 * kw) + dy_shape[2] * dy_shape[3] * (o + 32))
+    return int(max(1, min(_GROUP_MAX, _GROUP_BYTES // (per_image * np.dtype(dtype).itemsize))))
+
+
+def _sum_in_order(parts):
+    """``parts[0] + parts[1] + ...`` left to right (a fixed order, whatever the threads)."""
+    total = parts[0].copy()
+    for p in parts[1:]:
+        total += p
+    return total
+
+
 def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation, stride=(1, 1)):
     """``(dx or None, dW, db or None)`` of :func:`conv2d_forward` for ``dy``."""
     n, c, h, wd = x.shape
@@ -110,21 +133,21 @@ def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation, stride=(1, 1
     x = np.ascontiguousarray(x)          # the C code reads raw C-ordered memory
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     fn = native.function("conv2d", "conv2d_backward_weight", x.dtype, any_mode=True)
+    group = weight_grad_group(x.shape, w.shape, dy.shape, x.dtype)
+    ngroups = -(-n // group)
+    dWg = np.empty((ngroups,) + w.shape, dtype=x.dtype)
+    dbg = np.empty((ngroups, o), dtype=x.dtype) if has_bias else None
 
-    def part(a, b):
-        dw_part = np.zeros(w.shape, dtype=x.dtype)
-        db_part = np.zeros(o, dtype=x.dtype) if has_bias else None
-        if fn(_ptr(x[a:b]), _ptr(dy[a:b]), _ptr(dw_part), _ptr(db_part), b - a, c, h, wd, o,
+    def part(ga, gb):                     # groups ga..gb-1 = images ga*group .. gb*group-1
+        a, b = ga * group, min(gb * group, n)
+        if fn(_ptr(x[a:b]), _ptr(dy[a:b]), _ptr(dWg[ga:gb]),
+              None if dbg is None else _ptr(dbg[ga:gb]), b - a, group, c, h, wd, o,
               kh, kw, ph, pw, sh, sw, dh, dw):
             raise MemoryError("conv2d_backward_weight: out of memory for its work buffers")
-        return dw_part, db_part
 
-    parts = parallel_chunks(n, part, min_items(o * dy.shape[2] * dy.shape[3]))
-    dW, db = parts[0]
-    for dwi, dbi in parts[1:]:            # fixed order: chunk 0 + chunk 1 + ...
-        dW += dwi
-        if has_bias:
-            db += dbi
+    parallel_chunks(ngroups, part, -(-min_items(o * dy.shape[2] * dy.shape[3]) // group))
+    dW = _sum_in_order(dWg)
+    db = _sum_in_order(dbg) if has_bias else None
     dx = None
     if need_dx and (sh, sw) == (1, 1):
         dx = _forward(dy, _transposed_flipped(w), None, (dh * (kh - 1) - ph, dw * (kw - 1) - pw),

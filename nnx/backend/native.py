@@ -48,7 +48,7 @@ _P, _I, _L, _D = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_double
 _SIGNATURES = {
     "conv2d": {
         "conv2d_forward": [_P] * 4 + [_I] * 13,
-        "conv2d_backward_weight": [_P] * 4 + [_I] * 13,
+        "conv2d_backward_weight": [_P] * 4 + [_I] * 14,
     },
     "maxpool2d": {
         "maxpool2d_forward": [_P] * 3 + [_L] + [_I] * 10,
