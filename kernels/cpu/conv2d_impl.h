@@ -61,9 +61,10 @@ static void FN(offsets)(int *off, FN(geom) g, int C, int KH, int KW, int sh, int
 
 /* The phases of the padded image: xph[(a*sw + b), c, u, v] = x[c, u*sh + a - ph,
  * v*sw + b - pw] where that is inside x; border and slack stay zero (set by the caller
- * once: the same positions are written for every image). */
+ * once: the same positions are written for every image).  Strided convolutions have dilation
+ * 1, so a kernel smaller than the stride reads only phases a < KH, b < KW: the rest stay 0. */
 static void FN(pad_image)(const T *x, T *xph, int C, int H, int W, FN(geom) g, int ph, int pw,
-                          int sh, int sw)
+                          int sh, int sw, int KH, int KW)
 {
     if (sh == 1 && sw == 1) {
         for (int c = 0; c < C; c++)
@@ -72,8 +73,8 @@ static void FN(pad_image)(const T *x, T *xph, int C, int H, int W, FN(geom) g, i
                        x + ((size_t)c * H + h) * W, sizeof(T) * (size_t)W);
         return;
     }
-    for (int a = 0; a < sh; a++)
-        for (int b = 0; b < sw; b++) {
+    for (int a = 0; a < sh && a < KH; a++)          /* phases a >= KH are never read (dh = 1) */
+        for (int b = 0; b < sw && b < KW; b++) {
             int v0 = 0;                                   /* first v with v*sw + b >= pw */
             while (v0 * sw + b < pw) v0++;
             for (int c = 0; c < C; c++) {
@@ -140,7 +141,7 @@ int FN(conv2d_forward)(const T *x, const T *w, const T *bias, T *y,
     FN(offsets)(off, g, C, KH, KW, sh, sw, dh, dw);
 
     for (int n = 0; n < N; n++) {
-        FN(pad_image)(x + (size_t)n * C * H * W, xpad, C, H, W, g, ph, pw, sh, sw);
+        FN(pad_image)(x + (size_t)n * C * H * W, xpad, C, H, W, g, ph, pw, sh, sw, KH, KW);
         for (int o0 = 0; o0 < Opad; o0 += OB)
             for (int p0 = 0; p0 < Lw; p0 += step)
                 FN(fwd_block)(xpad, wt, off, K, Opad, o0, p0, yw, Lw, bias_pad);
@@ -215,11 +216,11 @@ int FN(conv2d_backward_weight)(const T *x, const T *dy, T *dWg, T *dbg, int N, i
         const int gn = N - n0 < G ? N - n0 : G;
         for (int n = 0; n < gn; n++) {
             FN(pad_image)(x + (size_t)(n0 + n) * C * H * W, xg + (size_t)n * xstride, C, H, W,
-                          g, ph, pw, sh, sw);
+                          g, ph, pw, sh, sw, KH, KW);
             const T *dyn = dy + (size_t)(n0 + n) * O * P;
             T *dtn = dyt + (size_t)n * P * Opad;
-            for (int o = 0; o < O; o++)
-                for (int p = 0; p < P; p++) dtn[(size_t)p * Opad + o] = dyn[(size_t)o * P + p];
+            for (int p = 0; p < P; p++)
+                for (int o = 0; o < O; o++) dtn[(size_t)p * Opad + o] = dyn[(size_t)o * P + p];
         }
         for (int o0 = 0; o0 < Opad; o0 += OV * NV)
             for (int k0 = 0; k0 < Kpad; k0 += KB) {
