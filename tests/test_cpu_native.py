@@ -151,6 +151,9 @@ CONV_GEOMS = [  # (N, C, H, W, O, kernel, padding, dilation, bias)
     (1, 3, 7, 7, 4, 5, 2, 1, True, 3),               # stride 3, 5x5
     (2, 2, 5, 5, 3, 2, 0, 1, True, 2),               # kernel = stride
     (5, 3, 6, 5, 17, 3, 3, 1, True, 2),              # padding > kernel/2
+    (2, 3, 10, 8, 5, (2, 1), (1, 1), 1, True, (3, 2)),  # kernel < stride, padded: dx rows
+                                                        # and columns no phase reaches
+    (17, 5, 8, 8, 33, 3, 1, 1, True, 2),             # several weight-gradient groups
 ]
 
 

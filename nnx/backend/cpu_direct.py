@@ -87,10 +87,13 @@ def _transposed_flipped(w):
 
 
 def _input_grad_strided(dy, w, x_shape, padding, stride):
-    """``dL/dx`` of a strided convolution (dilation 1), phase by phase (module docstring)."""
+    """``dL/dx`` of a strided convolution (dilation 1), phase by phase (module docstring).
+    Phase ``(a, b)``'s row ``u`` is padded row ``a + sh·u``, i.e. ``dx`` row ``a + sh·u - ph``:
+    each phase is written straight into ``dx`` without its padding rows and columns (no padded
+    buffer, no crop copy).  Positions no phase reaches stay zero."""
     n, c, h, wd = x_shape
     (ph, pw), (sh, sw) = padding, stride
-    dxpad = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=dy.dtype)
+    dx = np.zeros((n, c, h, wd), dtype=dy.dtype)
     for a in range(sh):
         for b in range(sw):
             sub = w[:, :, a::sh, b::sw]
@@ -99,8 +102,22 @@ def _input_grad_strided(dy, w, x_shape, padding, stride):
                 continue
             part = _forward(dy, _transposed_flipped(sub), None, (kha - 1, kwb - 1), (1, 1),
                             any_mode=True)
-            dxpad[:, :, a::sh, b::sw][:, :, :part.shape[2], :part.shape[3]] = part
-    return np.ascontiguousarray(dxpad[:, :, ph:ph + h, pw:pw + wd])
+            rows, u0, r0 = _phase_span(part.shape[2], a, ph, sh, h)
+            cols, v0, c0 = _phase_span(part.shape[3], b, pw, sw, wd)
+            if rows > 0 and cols > 0:
+                dx[:, :, r0:r0 + sh * (rows - 1) + 1:sh, c0:c0 + sw * (cols - 1) + 1:sw] = \
+                    part[:, :, u0:u0 + rows, v0:v0 + cols]
+    return dx
+
+
+def _phase_span(length, a, pad, s, size):
+    """``(count, u0, r0)``: the rows ``u0 .. u0+count-1`` of a phase of ``length`` rows
+    (phase offset ``a``, stride ``s``) that land inside the unpadded axis ``[0, size)``, and
+    the first one's index ``r0 = a + s·u0 - pad`` there."""
+    u0 = max(0, -(-(pad - a) // s))                  # first u with a + s*u >= pad
+    r0 = a + s * u0 - pad
+    count = min(length - u0, -(-(size - r0) // s)) if r0 < size else 0
+    return max(0, count), u0, r0
 
 
 # work buffers of one weight-gradient group (padded images + transposed dy) kept near L2 size
