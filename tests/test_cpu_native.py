@@ -554,6 +554,17 @@ def test_weight_grad_groups_match_float64_reference(rng, monkeypatch, stride, ke
         np.finfo(np.float32).eps * terms * np.abs(dy).max())
 
 
+@needs_c
+def test_weight_grad_of_an_empty_batch_is_zero(rng):
+    x = np.empty((0, 3, 8, 8), np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    dx, dW, db = cpu_direct.conv2d_backward(x, w, np.empty((0, 4, 4, 4), np.float32), True,
+                                            True, (1, 1), (1, 1), (2, 2))
+    assert dx.shape == (0, 3, 8, 8)
+    np.testing.assert_array_equal(dW, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros(4, np.float32))
+
+
 # ------------------------------------------------------------------------- 5. build machinery
 def _stat(path):
     st = path.stat()

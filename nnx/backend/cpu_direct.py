@@ -130,6 +130,7 @@ def weight_grad_group(x_shape, w_shape, dy_shape, dtype) -> int:
     or the thread count), so the groups, and the order they are summed in, are fixed."""
     _, c, h, wd = x_shape
     o, _, kh, kw = w_shape
+    # padded image (padding <= kernel) + dy transposed to (positions, channels rounded up)
     per_image = (c * (h + 2 * kh) * (wd + 2 * kw) + dy_shape[2] * dy_shape[3] * (o + 32))
     return int(max(1, min(_GROUP_MAX, _GROUP_BYTES // (per_image * np.dtype(dtype).itemsize))))
 
@@ -151,7 +152,7 @@ def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation, stride=(1, 1
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     fn = native.function("conv2d", "conv2d_backward_weight", x.dtype, any_mode=True)
     group = weight_grad_group(x.shape, w.shape, dy.shape, x.dtype)
-    ngroups = -(-n // group)
+    ngroups = max(1, -(-n // group))      # an empty batch: one group of zeros
     dWg = np.empty((ngroups,) + w.shape, dtype=x.dtype)
     dbg = np.empty((ngroups, o), dtype=x.dtype) if has_bias else None
 
@@ -162,7 +163,12 @@ def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation, stride=(1, 1
               kh, kw, ph, pw, sh, sw, dh, dw):
             raise MemoryError("conv2d_backward_weight: out of memory for its work buffers")
 
-    parallel_chunks(ngroups, part, -(-min_items(o * dy.shape[2] * dy.shape[3]) // group))
+    if n == 0:
+        dWg.fill(0)
+        if dbg is not None:
+            dbg.fill(0)
+    else:
+        parallel_chunks(ngroups, part, -(-min_items(o * dy.shape[2] * dy.shape[3]) // group))
     dW = _sum_in_order(dWg)
     db = _sum_in_order(dbg) if has_bias else None
     dx = None
