@@ -1,4 +1,5 @@
-/* CPU convolution kernels for nnx's NumPy backend (stride 1, any padding and dilation).
+/* CPU convolution kernels for nnx's NumPy backend: stride 1 with any padding and dilation, and
+ * stride > 1 with dilation 1 (through a stride-phase layout of the padded image).
  * Compiled at first use by nnx/backend/native.py with the system C compiler and loaded with
  * ctypes; the NumPy im2col + GEMM path is the fallback and the reference they are tested
  * against.  Each call handles a range of images; Python splits the batch over threads
