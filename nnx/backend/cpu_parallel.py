@@ -138,6 +138,13 @@ def can_split_gemm() -> bool:
     return bool(_blas_controllers())
 
 
+def cap_blas_threads(n: int) -> None:
+    """At most ``n`` BLAS threads from now on (a no-op without threadpoolctl)."""
+    for c in _blas_controllers():
+        if c.get_num_threads() > n:
+            c.set_num_threads(n)
+
+
 @contextmanager
 def blas_limited():
     """BLAS at one thread inside the block (re-entrant); a no-op without threadpoolctl."""

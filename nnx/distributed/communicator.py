@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .cpu_share import share_cpus
+
 
 class DistributedUnavailable(RuntimeError):
     """Distributed training was asked for but MPI (mpi4py) is not installed or usable."""
@@ -127,10 +129,13 @@ _WORLD = None
 
 
 def init(device_reducer=None) -> Communicator:
-    """The communicator of MPI's world (created once per process)."""
+    """The communicator of MPI's world (created once per process).  Unless
+    ``NNX_NUM_THREADS`` is set, each of a node's ranks then runs ``cpus // local_size``
+    threads in nnx and in BLAS (:func:`nnx.distributed.cpu_share.share_cpus`)."""
     global _WORLD
     if _WORLD is None:
         MPI = import_mpi()
         _WORLD = Communicator(MPI.COMM_WORLD, device_reducer)
+        share_cpus(_WORLD.local_size)   # P ranks on a node: each its share of the cores
     return _WORLD
 
