@@ -532,6 +532,7 @@ def test_thread_chunking_is_deterministic(rng, monkeypatch, dtype):
 def test_weight_grad_groups_match_float64_reference(rng, monkeypatch, stride, kernel, hw):
     """Weight/bias gradients summed over fixed groups of images (a short last group too)
     against a float64 einsum: float32 error bound eps32 * (N*OH*OW terms) * max|dy| max|x|."""
+    monkeypatch.setenv("NNX_CPU_KERNELS", "1")   # calls the C wrappers directly, on any path row
     monkeypatch.setattr(cpu_direct, "_GROUP_MAX", 3)
     n, c, o, pad = 7, 5, 20, kernel // 2
     x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
@@ -555,7 +556,8 @@ def test_weight_grad_groups_match_float64_reference(rng, monkeypatch, stride, ke
 
 
 @needs_c
-def test_weight_grad_of_an_empty_batch_is_zero(rng):
+def test_weight_grad_of_an_empty_batch_is_zero(rng, monkeypatch):
+    monkeypatch.setenv("NNX_CPU_KERNELS", "1")
     x = np.empty((0, 3, 8, 8), np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     dx, dW, db = cpu_direct.conv2d_backward(x, w, np.empty((0, 4, 4, 4), np.float32), True,
