@@ -25,9 +25,9 @@ def c_kernels_build(*stems) -> bool:
         native.reset()
 
 
-def count_chunks(monkeypatch, module) -> list:
-    """Record, for every ``parallel_chunks`` call that ``module`` makes, how many chunks it
-    runs (the returned list fills as the calls happen)."""
+def count_chunks(monkeypatch, *modules) -> list:
+    """Record, for every ``parallel_chunks`` call that any of ``modules`` makes, how many
+    chunks it runs (one list for all of them, filled as the calls happen)."""
     from nnx.backend import cpu_parallel
     chunks = []
     real = cpu_parallel.parallel_chunks
@@ -36,5 +36,6 @@ def count_chunks(monkeypatch, module) -> list:
         chunks.append(cpu_parallel.chunks_for(n, min_items))
         return real(n, fn, min_items)
 
-    monkeypatch.setattr(module, "parallel_chunks", counting)
+    for module in modules:
+        monkeypatch.setattr(module, "parallel_chunks", counting)
     return chunks

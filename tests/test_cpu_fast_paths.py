@@ -10,6 +10,7 @@ import pytest
 import nnx
 from nnx.backend import cpu_conv
 from nnx.nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from native_build import count_chunks
 from tolerances import assert_within, network_rtol
 
 
@@ -172,18 +173,10 @@ def test_parallel_and_serial_paths_agree(rng, monkeypatch, threads, kernels):
     a chunk's product differently from the whole one (seen: OpenBLAS on an AMD EPYC), so
     everything is compared within the derived reordering bound (tests/tolerances.py)."""
     import nnx.models
-    from nnx.backend import cpu_direct, cpu_parallel, native
+    from nnx.backend import cpu_direct, native
     monkeypatch.setenv("NNX_CPU_KERNELS", kernels)
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)   # split even these small tensors
-    calls = []
-    real = cpu_parallel.parallel_chunks
-
-    def spy(n, fn, min_items=1):
-        calls.append(cpu_parallel.chunks_for(n, min_items))
-        return real(n, fn, min_items)
-
-    monkeypatch.setattr(cpu_conv, "parallel_chunks", spy)
-    monkeypatch.setattr(cpu_direct, "parallel_chunks", spy)
+    calls = count_chunks(monkeypatch, cpu_conv, cpu_direct)
     x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 10, size=5)
     results = {}
