@@ -142,31 +142,51 @@ def time_fn(fn, sync, warmup=3, repeats=20, min_time_s=0.0):
     return summarize(samples)
 
 
-def time_interleaved(fns: dict, syncs: dict, warmup=3, repeats=20, budget_s=None):
+def time_interleaved(fns: dict, syncs: dict, warmup=3, repeats=20, budget_s=None, block=1):
     """Time several callables A, B, ... in rounds A B A B ... so drift affects all alike.
 
     The order inside a round alternates (A B, B A, ...) so neither side always runs right
     after the other's cache pollution.  ``budget_s`` caps the timed phase: at least 5 rounds
     (or ``repeats`` if fewer) run, then rounds stop once the budget is spent.  Each summary
-    keeps its ``samples_ms`` in round order (for :func:`paired_ratio`)."""
+    keeps its ``samples_ms`` in round order (for :func:`paired_ratio`).
+
+    ``block > 1``: in each round each callable runs ``block`` times in a row; the first run
+    (the hand-over, right after the other callable) is reported apart as ``handover_ms`` and
+    the round's sample is the median of the other ``block - 1``.  Threads that spin after
+    their work (OpenMP's, OpenBLAS's, nnx's C pool) hold cores for a while after a step, so
+    with ``block=1`` every step pays for the *other* framework's spinning; in training a
+    framework follows itself."""
     for name, fn in fns.items():
         for _ in range(warmup):
             fn()
         syncs[name]()
     samples = {name: [] for name in fns}
+    handover = {name: [] for name in fns}
     names = list(fns)
     start = time.perf_counter()
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
-            syncs[name]()
-            t0 = time.perf_counter()
-            fns[name]()
-            syncs[name]()
-            samples[name].append(time.perf_counter() - t0)
+            times = []
+            for _ in range(max(1, block)):
+                syncs[name]()
+                t0 = time.perf_counter()
+                fns[name]()
+                syncs[name]()
+                times.append(time.perf_counter() - t0)
+            if block > 1:
+                handover[name].append(times[0])
+                samples[name].append(statistics.median(times[1:]))
+            else:
+                samples[name].append(times[0])
         if budget_s is not None and r + 1 >= min(5, repeats) and \
                 time.perf_counter() - start > budget_s:
             break
-    return {name: summarize(s, keep_samples=True) for name, s in samples.items()}
+    out = {name: summarize(s, keep_samples=True) for name, s in samples.items()}
+    if block > 1:
+        for name in fns:
+            out[name]["block"] = block
+            out[name]["handover_ms"] = 1e3 * statistics.median(handover[name])
+    return out
 
 
 def peak_rss_mb() -> float:

@@ -8,8 +8,12 @@ side with the identical PyTorch model and step.
 
 The step is ``zero_grad; loss = CE(model(x), y); backward; SGD(lr=0.01, momentum=0.9)``.
 nnx calls ``model.backward(dy, input_grad=False)``: like PyTorch, it does not compute the
-gradient of the input images.  nnx and PyTorch steps alternate (A B, B A, ...) so that machine
-drift cancels in the ratio; each step sees the next of a few fresh random batches.
+gradient of the input images.  nnx and PyTorch alternate in rounds (A B, B A, ...) so that
+machine drift cancels in the ratio; each step sees the next of a few fresh random batches.  In
+a round each framework runs ``--block`` steps in a row (default 4): the first, right after the
+other framework's, is the *hand-over* step, reported apart, and the round's time is the median
+of the rest.  ``--block 1`` is strict alternation, where every step also pays for the other
+framework's threads still spinning on the cores (bench/NOTES.md).
 Results: ``bench/results/train_step_<backend>[_<tag>].{json,md}``; see bench/README.md.
 """
 from __future__ import annotations
@@ -36,6 +40,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-sizes", default="32,128,512")
     p.add_argument("--budget-s", type=float, default=12.0,
                    help="time cap per (model, batch) measurement; at least 5 rounds run")
+    p.add_argument("--block", type=int, default=4,
+                   help="steps each framework runs in a row per round; the first (right after "
+                        "the other framework) is reported apart as the hand-over step and the "
+                        "round's time is the median of the others (1: strict alternation, "
+                        "every step follows the other framework's)")
     p.add_argument("--profile", action="store_true",
                    help="also print nnx per-layer forward/backward times (sequential models)")
     p.add_argument("--rss", dest="rss", action="store_true", default=None,
@@ -50,6 +59,7 @@ def parse_args(argv=None):
         a.batch_sizes = "32" if a.batch_sizes == "32,128,512" else a.batch_sizes
         a.warmup = min(a.warmup, 1)
         a.budget_s = min(a.budget_s, 2.0)
+        a.block = min(a.block, 2)
     return a
 
 
@@ -90,10 +100,15 @@ def main(argv=None):
     md = ("# nnx training step vs PyTorch\n\n" + harness.machine_markdown(_flat(info), command)
           + ("" if not skipped else f"PyTorch comparison skipped: {skipped}\n\n")
           + "Times: median [IQR] ms per step over interleaved rounds; ratio = nnx/PyTorch "
-            "per round, median [IQR] (below 1: nnx faster).\n\n"
+            "per round, median [IQR] (below 1: nnx faster).  "
+          + (f"Each round: {args.block} steps per framework in a row, the first (hand-over, "
+             "right after the other framework) reported apart, the round's time = median of "
+             "the rest.\n\n" if args.block > 1 else
+             "Strict alternation (one step per framework per round).\n\n")
           + harness.markdown_table(
               ["model", "batch", "nnx ms", "nnx img/s", "PyTorch ms", "PyTorch img/s",
-               "ratio nnx/PyTorch", "nnx step RSS MiB", "PyTorch step RSS MiB",
+               "ratio nnx/PyTorch", "hand-over ms nnx / PyTorch", "nnx step RSS MiB",
+               "PyTorch step RSS MiB",
                "process peak RSS MiB", "GPU pool MiB", "rounds"], rows)
           + "\nStep RSS: each framework alone in a fresh process (same model, batch and "
             "threads): peak resident set during its steps minus the resident set just "
@@ -170,7 +185,7 @@ def bench_one(np, nnx, be, torch, device, name, n, args):
             fns["torch"] = torch_step
             syncs["torch"] = harness.torch_sync(torch, device)
     res = harness.time_interleaved(fns, syncs, warmup=args.warmup, repeats=args.repeats,
-                                   budget_s=args.budget_s)
+                                   budget_s=args.budget_s, block=args.block)
     run["nnx"] = res["nnx"]
     run["nnx"]["images_per_s"] = n / (res["nnx"]["median_ms"] / 1e3)
     if "torch" in res:
@@ -313,9 +328,14 @@ def _row(run):
     return [run["model"], run["batch"], harness.fmt_time(run["nnx"]),
             f"{run['nnx']['images_per_s']:.0f}",
             harness.fmt_time(t) if t else "-", f"{t['images_per_s']:.0f}" if t else "-",
-            harness.fmt_ratio(r), _rss(run, "nnx"), _rss(run, "torch"),
+            harness.fmt_ratio(r), _handover(run), _rss(run, "nnx"), _rss(run, "torch"),
             f"{run['peak_rss_mb']:.0f}",
             f"{pool / 2**20:.0f}" if pool is not None else "-", run["nnx"]["repeats"]]
+
+
+def _handover(run):
+    h = [run.get(fw, {}).get("handover_ms") for fw in ("nnx", "torch")]
+    return "-" if h[0] is None else " / ".join("-" if v is None else f"{v:.2f}" for v in h)
 
 
 def _rss(run, framework):
