@@ -26,16 +26,25 @@ def c_kernels_build(*stems) -> bool:
 
 
 def count_chunks(monkeypatch, *modules) -> list:
-    """Record, for every ``parallel_chunks`` call that any of ``modules`` makes, how many
-    chunks it runs (one list for all of them, filled as the calls happen)."""
-    from nnx.backend import cpu_parallel
+    """Record, for every parallel call that any of ``modules`` makes (``parallel_chunks`` on
+    Python threads, or ``cpu_tasks.run`` on the C pool), how many chunks it runs (one list for
+    all of them, filled as the calls happen)."""
+    from nnx.backend import cpu_parallel, cpu_tasks
     chunks = []
     real = cpu_parallel.parallel_chunks
+    real_run = cpu_tasks.run
 
     def counting(n, fn, min_items=1):
         chunks.append(cpu_parallel.chunks_for(n, min_items))
         return real(n, fn, min_items)
 
+    def counting_run(task, args, n, min_items=1):
+        chunks.append(cpu_parallel.chunks_for(n, min_items) if n > 0 else 1)
+        return real_run(task, args, n, min_items)
+
     for module in modules:
-        monkeypatch.setattr(module, "parallel_chunks", counting)
+        if hasattr(module, "parallel_chunks"):
+            monkeypatch.setattr(module, "parallel_chunks", counting)
+        if hasattr(module, "cpu_tasks"):
+            monkeypatch.setattr(cpu_tasks, "run", counting_run)
     return chunks

@@ -156,6 +156,7 @@ def test_threads_do_not_change_results(rng, monkeypatch, dtype):
     bits (exact equality is valid here ONLY because nnx fixes that order; no BLAS, no
     thread-dependent chunking of a reduction)."""
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)
+    monkeypatch.setattr(cpu_conv, "_MIN_TASK_ELEMS", 1)
     chunks = count_chunks(monkeypatch, cpu_batchnorm)
     x = (rng.standard_normal((6, 7, 9, 11)) * 2 + 3).astype(dtype)
     g = rng.standard_normal(x.shape).astype(dtype)

@@ -176,6 +176,7 @@ def test_parallel_and_serial_paths_agree(rng, monkeypatch, threads, kernels):
     from nnx.backend import cpu_direct, native
     monkeypatch.setenv("NNX_CPU_KERNELS", kernels)
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)   # split even these small tensors
+    monkeypatch.setattr(cpu_conv, "_MIN_TASK_ELEMS", 1)
     calls = count_chunks(monkeypatch, cpu_conv, cpu_direct)
     x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
     labels = rng.integers(0, 10, size=5)

@@ -166,6 +166,7 @@ def test_c_conv_matches_im2col_and_reference(rng, monkeypatch, spy, geom, dtype)
     stride = geom[9] if len(geom) > 9 else 1
     monkeypatch.setenv("NNX_NUM_THREADS", "3")
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)     # chunk even these small batches
+    monkeypatch.setattr(cpu_conv, "_MIN_TASK_ELEMS", 1)
     conv = Conv2d(c, o, k, stride, padding=p, dilation=d, bias=bias, dtype=dtype)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     dy = rng.standard_normal(conv.output_shape(x.shape)).astype(dtype)
@@ -496,6 +497,7 @@ def test_c_maxpool_nan_like_torch(rng, monkeypatch, k, s, p, dtype):
 def test_thread_chunking_is_deterministic(rng, monkeypatch, dtype):
     monkeypatch.setenv("NNX_CPU_KERNELS", "1")
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)
+    monkeypatch.setattr(cpu_conv, "_MIN_TASK_ELEMS", 1)
     monkeypatch.setattr(cpu_direct, "_GROUP_MAX", 2)   # 7 images: weight-gradient groups 2+2+2+1
     chunks = count_chunks(monkeypatch, cpu_direct)
     conv = Conv2d(3, 6, 3, padding=1, dilation=(1, 2), dtype=dtype)
@@ -600,7 +602,8 @@ def test_build_goes_to_cache_dir_and_is_reused(fresh_native, monkeypatch):
     assert native.describe().startswith("C kernels")
     # every library (describe() loads them all), and nothing else (no temp files, no probes)
     names = sorted(f.name for f in fresh_native.iterdir())
-    assert [n.split("-")[0] for n in names] == ["batchnorm2d", "conv2d", "maxpool2d"], names
+    assert [n.split("-")[0] for n in names] == ["batchnorm2d", "conv2d", "elementwise",
+                                               "maxpool2d", "parallel"], names
     assert all(n.endswith(".so") and not n.startswith(".") for n in names)
 
 

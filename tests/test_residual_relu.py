@@ -49,6 +49,7 @@ def test_add_relu_batch_chunks_match_whole(rng, monkeypatch):
     from nnx.backend import cpu_conv
     from nnx.backend.base import Backend
     monkeypatch.setattr(cpu_conv, "_MIN_CHUNK_ELEMS", 1)
+    monkeypatch.setattr(cpu_conv, "_MIN_TASK_ELEMS", 1)
     monkeypatch.setenv("NNX_NUM_THREADS", "3")
     be = nnx.backend.use("cpu")
     a, b = rng.standard_normal((2, 7, 5, 3, 4)).astype(np.float32)

@@ -7,6 +7,7 @@
  * thread count: results do not depend on NNX_NUM_THREADS. */
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 /* Lanes of the per-channel partial sums: a fixed number (not the vector width), so that the
  * summation order is the same for every thread count; GCC vectorises the lane loops. */
@@ -21,6 +22,7 @@ typedef double vlanes __attribute__((vector_size(LANES * sizeof(double))));
 #undef SQRT
 #undef FN
 #undef WIDEN
+#undef POSITIVE
 
 #define T double
 #define SQRT sqrt
@@ -30,3 +32,4 @@ typedef double vlanes __attribute__((vector_size(LANES * sizeof(double))));
 #undef SQRT
 #undef FN
 #undef WIDEN
+#undef POSITIVE

@@ -8,7 +8,12 @@
  *   backward:          Σg, Σg·(x - μ) in one pass (double);  dγ = inv·Σg·(x - μ),  dβ = Σg
  *                      training: dx = γ·inv·(g - Σg/m - (x - μ)·inv²·Σg·(x - μ)/m)
  *                      eval:     dx = γ·inv·g
- * weight/bias may be NULL (affine=False: γ = 1, β = 0). */
+ * weight/bias may be NULL (affine=False: γ = 1, β = 0).
+ *
+ * Fused with a following ReLU (nn.Sequential: BatchNorm then ReLU):
+ *   forward:   y = max((x - μ)·(γ·inv) + β, 0)   (the same value, then ReLU's `v <= 0 ? 0 : v`)
+ *   backward:  g = dy·[y > 0] (ReLU's backward, with the fused y), then the above: every
+ *              product and sum is the unfused pair's, in the same order. */
 
 /* LANES consecutive values of one row, loaded unaligned and widened to double. */
 typedef T FN(vrow) __attribute__((vector_size(LANES * sizeof(T)), aligned(sizeof(T))));
@@ -45,22 +50,34 @@ static void FN(bn_sums)(const T *x, long N, long C, long S, long c, double K,
     *s2 = r2 + FN(lanes_sum)(a2);
 }
 
-/* Σ g and Σ g·(x - μ) over one channel. */
-static void FN(bn_grad_sums)(const T *x, const T *g, long N, long C, long S, long c, double mu,
-                             double *sg, double *sgx)
+/* [y > 0] as 1 or 0 per lane, in double (the comparison gives -1 / 0 per lane) */
+#define POSITIVE(ptr) __builtin_convertvector((*(const FN(vrow) *)(ptr) > 0) & 1, vlanes)
+
+/* Σ g and Σ g·(x - μ) over one channel; with relu_y, g = dy·[relu_y > 0] (exactly the T
+ * product dy·(T)[y > 0]: multiplying by 1 or 0 is exact in double as in T). */
+static void FN(bn_grad_sums)(const T *x, const T *g, const T *relu_y, long N, long C, long S,
+                             long c, double mu, double *sg, double *sgx)
 {
     vlanes a1 = {0}, a2 = {0};
     double r1 = 0, r2 = 0;
     for (long n = 0; n < N; n++) {
-        const T *p = x + (n * C + c) * S, *q = g + (n * C + c) * S;
+        const long row = (n * C + c) * S;
+        const T *p = x + row, *q = g + row, *yr = relu_y ? relu_y + row : NULL;
         long s = 0;
-        for (; s + LANES <= S; s += LANES) {
-            vlanes gj = WIDEN(q + s);
-            a1 += gj;
-            a2 += gj * (WIDEN(p + s) - mu);
-        }
+        if (yr)
+            for (; s + LANES <= S; s += LANES) {
+                vlanes gj = WIDEN(q + s) * POSITIVE(yr + s);
+                a1 += gj;
+                a2 += gj * (WIDEN(p + s) - mu);
+            }
+        else
+            for (; s + LANES <= S; s += LANES) {
+                vlanes gj = WIDEN(q + s);
+                a1 += gj;
+                a2 += gj * (WIDEN(p + s) - mu);
+            }
         for (; s < S; s++) {
-            double gj = (double)q[s];
+            double gj = (double)(yr ? q[s] * (T)(yr[s] > 0) : q[s]);
             r1 += gj;
             r2 += gj * ((double)p[s] - mu);
         }
@@ -73,7 +90,7 @@ static void FN(bn_grad_sums)(const T *x, const T *g, long N, long C, long S, lon
  * Always writes inv_std[c] and y. */
 int FN(batchnorm_forward)(const T *x, T *y, long N, long C, long S, long c0, long c1,
                           const T *weight, const T *bias, T *mean, T *var, T *inv_std,
-                          double eps, int use_batch)
+                          double eps, int use_batch, int relu)
 {
     double m = (double)N * (double)S;
     for (long c = c0; c < c1; c++) {
@@ -92,22 +109,28 @@ int FN(batchnorm_forward)(const T *x, T *y, long N, long C, long S, long c0, lon
         for (long n = 0; n < N; n++) {
             const T *p = x + (n * C + c) * S;
             T *q = y + (n * C + c) * S;
-            for (long s = 0; s < S; s++) q[s] = (p[s] - mu) * a + b;
+            if (relu)
+                for (long s = 0; s < S; s++) {
+                    T v = (p[s] - mu) * a + b;
+                    q[s] = v <= 0 ? (T)0 : v;
+                }
+            else
+                for (long s = 0; s < S; s++) q[s] = (p[s] - mu) * a + b;
         }
     }
     return 0;
 }
 
 /* Writes dweight[c] = Σ g·x̂ and dbias[c] = Σ g (both arrays always given), and dx unless it
- * is NULL. */
+ * is NULL.  relu_y: the output of a forward fused with ReLU (g = dy·[relu_y > 0]), or NULL. */
 int FN(batchnorm_backward)(const T *x, const T *g, T *dx, long N, long C, long S, long c0,
                            long c1, const T *weight, const T *mean, const T *inv_std,
-                           T *dweight, T *dbias, int use_batch)
+                           T *dweight, T *dbias, int use_batch, const T *relu_y)
 {
     double m = (double)N * (double)S;
     for (long c = c0; c < c1; c++) {
         double mu = (double)mean[c], inv = (double)inv_std[c], sg, sgx;
-        FN(bn_grad_sums)(x, g, N, C, S, c, mu, &sg, &sgx);
+        FN(bn_grad_sums)(x, g, relu_y, N, C, S, c, mu, &sg, &sgx);
         dweight[c] = (T)(sgx * inv);
         dbias[c] = (T)sg;
         if (!dx) continue;
@@ -119,11 +142,44 @@ int FN(batchnorm_backward)(const T *x, const T *g, T *dx, long N, long C, long S
         for (long n = 0; n < N; n++) {
             const T *p = x + (n * C + c) * S, *q = g + (n * C + c) * S;
             T *r = dx + (n * C + c) * S;
-            if (use_batch)
+            if (relu_y) {
+                const T *yr = relu_y + (n * C + c) * S;
+                if (use_batch)
+                    for (long s = 0; s < S; s++) {
+                        T gq = q[s] * (T)(yr[s] > 0);
+                        r[s] = A * gq + Bx * (p[s] - muT) + Cc;
+                    }
+                else
+                    for (long s = 0; s < S; s++) r[s] = A * (q[s] * (T)(yr[s] > 0));
+            } else if (use_batch)
                 for (long s = 0; s < S; s++) r[s] = A * q[s] + Bx * (p[s] - muT) + Cc;
             else
                 for (long s = 0; s < S; s++) r[s] = A * q[s];
         }
     }
     return 0;
+}
+
+/* Tasks for nnx_parallel_run (kernels/cpu/parallel.c), items = channels [a, b).
+ * batchnorm_forward_task: v = {x, y, N, C, S, weight, bias, mean, var, inv_std, eps (the
+ * bits of a double), use_batch, relu} */
+int FN(batchnorm_forward_task)(const long long *v, long a, long b)
+{
+    double eps;
+    memcpy(&eps, &v[10], sizeof eps);
+    return FN(batchnorm_forward)((const T *)(size_t)v[0], (T *)(size_t)v[1], v[2], v[3], v[4],
+                                 a, b, (const T *)(size_t)v[5], (const T *)(size_t)v[6],
+                                 (T *)(size_t)v[7], (T *)(size_t)v[8], (T *)(size_t)v[9], eps,
+                                 (int)v[11], (int)v[12]);
+}
+
+/* batchnorm_backward_task: v = {x, g, dx, N, C, S, weight, mean, inv_std, dweight, dbias,
+ * use_batch, relu_y} */
+int FN(batchnorm_backward_task)(const long long *v, long a, long b)
+{
+    return FN(batchnorm_backward)((const T *)(size_t)v[0], (const T *)(size_t)v[1],
+                                  (T *)(size_t)v[2], v[3], v[4], v[5], a, b,
+                                  (const T *)(size_t)v[6], (const T *)(size_t)v[7],
+                                  (const T *)(size_t)v[8], (T *)(size_t)v[9],
+                                  (T *)(size_t)v[10], (int)v[11], (const T *)(size_t)v[12]);
 }

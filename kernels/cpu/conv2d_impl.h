@@ -259,4 +259,39 @@ int FN(conv2d_backward_weight)(const T *x, const T *dy, T *dWg, T *dbg, int N, i
     free(xg); free(dyt); free(acc); free(off);
     return 0;
 }
+
+/* Tasks for nnx_parallel_run (kernels/cpu/parallel.c): the kernels above over the items [a, b)
+ * of a call, with the arguments packed as 64-bit integers.
+ * conv2d_forward_task, items = images:
+ *   v = {x, w, bias, y, N, C, H, W, O, KH, KW, ph, pw, sh, sw, dh, dw} */
+int FN(conv2d_forward_task)(const long long *v, long a, long b)
+{
+    const int C = (int)v[5], H = (int)v[6], W = (int)v[7], O = (int)v[8];
+    const FN(geom) g = FN(geometry)(C, H, W, (int)v[9], (int)v[10], (int)v[11], (int)v[12],
+                                    (int)v[13], (int)v[14], (int)v[15], (int)v[16]);
+    const T *x = (const T *)(size_t)v[0] + (size_t)a * C * H * W;
+    T *y = (T *)(size_t)v[3] + (size_t)a * O * g.OH * g.OW;
+    return FN(conv2d_forward)(x, (const T *)(size_t)v[1], (const T *)(size_t)v[2], y,
+                              (int)(b - a), C, H, W, O, (int)v[9], (int)v[10], (int)v[11],
+                              (int)v[12], (int)v[13], (int)v[14], (int)v[15], (int)v[16]);
+}
+
+/* conv2d_backward_weight_task, items = groups of G images (group i: images i*G ..):
+ *   v = {x, dy, dWg, dbg, N, G, C, H, W, O, KH, KW, ph, pw, sh, sw, dh, dw} */
+int FN(conv2d_backward_weight_task)(const long long *v, long a, long b)
+{
+    const long N = v[4], G = v[5];
+    const int C = (int)v[6], H = (int)v[7], W = (int)v[8], O = (int)v[9];
+    const int KH = (int)v[10], KW = (int)v[11];
+    const FN(geom) g = FN(geometry)(C, H, W, KH, KW, (int)v[12], (int)v[13], (int)v[14],
+                                    (int)v[15], (int)v[16], (int)v[17]);
+    const long i0 = a * G, i1 = b * G < N ? b * G : N;
+    const T *x = (const T *)(size_t)v[0] + (size_t)i0 * C * H * W;
+    const T *dy = (const T *)(size_t)v[1] + (size_t)i0 * O * g.OH * g.OW;
+    T *dWg = (T *)(size_t)v[2] + (size_t)a * O * g.K;
+    T *dbg = v[3] ? (T *)(size_t)v[3] + (size_t)a * O : NULL;
+    return FN(conv2d_backward_weight)(x, dy, dWg, dbg, (int)(i1 - i0), (int)G, C, H, W, O, KH,
+                                      KW, (int)v[12], (int)v[13], (int)v[14], (int)v[15],
+                                      (int)v[16], (int)v[17]);
+}
 #undef NV

@@ -65,3 +65,25 @@ int FN(maxpool2d_backward)(const T *gy, const int *idx, T *dx, long planes, int 
     }
     return 0;
 }
+
+/* Tasks for nnx_parallel_run (kernels/cpu/parallel.c), items = images [a, b).
+ * maxpool2d_forward_task:  v = {x, y, idx, C, H, W, KH, KW, sh, sw, ph, pw, OH, OW} */
+int FN(maxpool2d_forward_task)(const long long *v, long a, long b)
+{
+    const long C = v[3], H = v[4], W = v[5], OH = v[12], OW = v[13];
+    return FN(maxpool2d_forward)((const T *)(size_t)v[0] + (size_t)(a * C * H * W),
+                                 (T *)(size_t)v[1] + (size_t)(a * C * OH * OW),
+                                 (int *)(size_t)v[2] + (size_t)(a * C * OH * OW), (b - a) * C,
+                                 (int)H, (int)W, (int)v[6], (int)v[7], (int)v[8], (int)v[9],
+                                 (int)v[10], (int)v[11], (int)OH, (int)OW);
+}
+
+/* maxpool2d_backward_task:  v = {gy, idx, dx, C, H, W, OH, OW} */
+int FN(maxpool2d_backward_task)(const long long *v, long a, long b)
+{
+    const long C = v[3], H = v[4], W = v[5], OH = v[6], OW = v[7];
+    return FN(maxpool2d_backward)((const T *)(size_t)v[0] + (size_t)(a * C * OH * OW),
+                                  (const int *)(size_t)v[1] + (size_t)(a * C * OH * OW),
+                                  (T *)(size_t)v[2] + (size_t)(a * C * H * W), (b - a) * C,
+                                  (int)H, (int)W, (int)OH, (int)OW);
+}

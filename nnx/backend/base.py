@@ -212,13 +212,20 @@ class Backend(ABC):
 
     # ---------------------------------------------------------------- batch normalisation
     # (issue 17) reference versions in array math; the NumPy backend has C kernels
-    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5):
+    #: True where BatchNorm + ReLU run as one call each way (``batchnorm_forward(relu=True)``,
+    #: ``batchnorm_backward(relu_y=...)``) and save a pass; ``Sequential`` then fuses such
+    #: pairs.  The generic versions below compose the two, so every backend accepts the
+    #: arguments.
+    fuses_batchnorm_relu = False
+
+    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5, relu=False):
         """Batch norm of ``x (N, C, *)`` over every axis but 1; returns ``(y, mean, var,
         saved)``, ``saved`` opaque for :meth:`batchnorm_backward`::
 
             mean is None (training):  μ = mean(x),  σ² = mean((x - μ)²)   (biased; returned)
             else (eval):              μ, σ² = mean, var                  (running statistics)
             x̂ = (x - μ)/√(σ² + ε),    y = γ·x̂ + β        (γ = 1, β = 0 when weight is None)
+            relu=True:                y = max(γ·x̂ + β, 0)  (a following ReLU, fused)
 
         Running statistics are the caller's (the layer owns momentum)."""
         xp = self.xp
@@ -232,16 +239,22 @@ class Backend(ABC):
         inv_std = 1.0 / xp.sqrt(var + x.dtype.type(eps))
         xhat = xc * inv_std.reshape(bshape)
         y = xhat if weight is None else xhat * weight.reshape(bshape) + bias.reshape(bshape)
+        if relu:
+            y = self.relu(y)
         return y, mean, var, ("xhat", xhat, inv_std)
 
-    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True):
+    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True, relu_y=None):
         """Gradients of :meth:`batchnorm_forward` for ``g = dy``: ``(dx or None, dγ, dβ)``
         with ``s = 1/√(σ² + ε)`` and ``m`` values per channel::
 
             dγ = Σ g·x̂,   dβ = Σ g      (returned also without affine parameters)
             use_batch (μ, σ² from x):  dx = (γ·s/m)·(m·g - Σ g - x̂·Σ g·x̂)
             else (constants):          dx = γ·s·g
+
+        ``relu_y``: the output ``y`` of a ``relu=True`` forward; then ``g = dy·[y > 0]``.
         """
+        if relu_y is not None:
+            dy = self.relu_backward(relu_y, dy)
         _, xhat, inv_std = saved
         axes, bshape = _bn_axes(dy)
         m = dy.size // dy.shape[1]

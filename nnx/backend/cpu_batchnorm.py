@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import native
-from .cpu_conv import min_items
-from .cpu_parallel import parallel_chunks
+from . import cpu_tasks, native
+from .cpu_conv import min_task_items
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -38,9 +37,6 @@ def supported(x, *params) -> bool:
             and native.library("batchnorm2d") is not None)
 
 
-def _ptr(a):
-    return None if a is None else a.ctypes.data
-
 
 def _geometry(x):
     n, c = x.shape[0], x.shape[1]
@@ -51,9 +47,9 @@ def _vec(a, dt):
     return None if a is None else np.ascontiguousarray(a, dtype=dt)
 
 
-def forward(x, weight, bias, mean, var, eps):
+def forward(x, weight, bias, mean, var, eps, relu=False):
     """``(y, mean, var, saved)``; batch statistics when ``mean is None`` (else the given
-    running statistics, copied)."""
+    running statistics, copied).  ``relu``: ``y = max(bn(x), 0)`` (a following ReLU fused)."""
     x = np.ascontiguousarray(x)
     n, c, s = _geometry(x)
     dt = x.dtype
@@ -65,19 +61,18 @@ def forward(x, weight, bias, mean, var, eps):
     weight, bias = _vec(weight, dt), _vec(bias, dt)
     inv_std = np.empty(c, dt)
     y = np.empty(x.shape, dt)
-    fn = native.function("batchnorm2d", "batchnorm_forward", dt)
-
-    def part(c0, c1):
-        fn(_ptr(x), _ptr(y), n, c, s, c0, c1, _ptr(weight), _ptr(bias), _ptr(mean), _ptr(var),
-           _ptr(inv_std), float(eps), int(use_batch))
-
-    parallel_chunks(c, part, min_items(n * s))
+    task = native.task("batchnorm2d", "batchnorm_forward", dt)
+    eps_bits = int(np.float64(eps).view(np.int64))       # the task's args are 64-bit ints
+    args = cpu_tasks.pack(x, y, n, c, s, weight, bias, mean, var, inv_std, eps_bits,
+                          int(use_batch), int(bool(relu)))
+    cpu_tasks.run(task, args, c, min_task_items(n * s))
     return y, mean, var, BatchNormSaved(x, mean, inv_std)
 
 
-def backward(dy, saved, weight, use_batch, need_dx=True):
+def backward(dy, saved, weight, use_batch, need_dx=True, relu_y=None):
     """``(dx or None, dweight, dbias)``: ``dweight = Σ g·x̂``, ``dbias = Σ g`` per channel
-    (also without affine parameters: the caller drops them)."""
+    (also without affine parameters: the caller drops them).  ``relu_y``: the output of a
+    ``relu=True`` forward; then ``g = dy·[relu_y > 0]``."""
     x = saved.x
     dt = x.dtype
     if tuple(dy.shape) != tuple(x.shape):
@@ -88,11 +83,13 @@ def backward(dy, saved, weight, use_batch, need_dx=True):
     weight = _vec(weight, dt)
     dx = np.empty(x.shape, dt) if need_dx else None
     dweight, dbias = np.empty(c, dt), np.empty(c, dt)
-    fn = native.function("batchnorm2d", "batchnorm_backward", dt, any_mode=True)
-
-    def part(c0, c1):
-        fn(_ptr(x), _ptr(dy), _ptr(dx), n, c, s, c0, c1, _ptr(weight), _ptr(saved.mean),
-           _ptr(saved.inv_std), _ptr(dweight), _ptr(dbias), int(use_batch))
-
-    parallel_chunks(c, part, min_items(n * s))
+    task = native.task("batchnorm2d", "batchnorm_backward", dt, any_mode=True)
+    if relu_y is not None:
+        relu_y = np.ascontiguousarray(relu_y, dtype=dt)
+        if relu_y.shape != x.shape:
+            raise ValueError(f"batchnorm backward: relu_y has shape {tuple(relu_y.shape)}, "
+                             f"expected {tuple(x.shape)}")
+    args = cpu_tasks.pack(x, dy, dx, n, c, s, weight, saved.mean, saved.inv_std, dweight,
+                          dbias, int(use_batch), relu_y)
+    cpu_tasks.run(task, args, c, min_task_items(n * s))
     return dx, dweight, dbias

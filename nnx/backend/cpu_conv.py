@@ -54,13 +54,22 @@ def _scratch(tag, shape, dtype, zero=True):
     return buf
 
 
-# Chunks smaller than this many elements are not worth a thread hand-off (~20-50 us).
+# Chunks smaller than this many elements are not worth a hand-off to Python's thread pool
+# (~65 us on a 2-vCPU VM: waking a sleeping thread) ...
 _MIN_CHUNK_ELEMS = 1 << 17
+# ... or to nnx's C pool (kernels/cpu/parallel.c: a few us, its threads spin between calls)
+_MIN_TASK_ELEMS = 1 << 13
 
 
 def min_items(per_item: int) -> int:
-    """Minimum batch items per parallel chunk when one item has ``per_item`` elements."""
+    """Minimum batch items per chunk on Python's thread pool when one item has ``per_item``
+    elements (of output, or of the input a pass streams through)."""
     return max(1, -(-_MIN_CHUNK_ELEMS // max(1, int(per_item))))
+
+
+def min_task_items(per_item: int) -> int:
+    """The same for a C kernel run on nnx's C pool (:mod:`nnx.backend.cpu_tasks`)."""
+    return max(1, -(-_MIN_TASK_ELEMS // max(1, int(per_item))))
 
 
 def clear_scratch() -> None:

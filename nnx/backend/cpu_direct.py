@@ -29,15 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import native
-from .cpu_conv import min_items
-from .cpu_parallel import parallel_chunks
+from . import cpu_tasks, native
+from .cpu_conv import min_task_items
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-
-def _ptr(a):
-    return None if a is None else a.ctypes.data
 
 
 def conv_supported(dtype, stride, padding, dilation, kernel, groups) -> bool:
@@ -63,14 +59,10 @@ def _forward(x, w, bias, padding, dilation, stride=(1, 1), any_mode=False):
     w = np.ascontiguousarray(w, dtype=x.dtype)
     bias = None if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((n, o, oh, ow), dtype=x.dtype)
-    fn = native.function("conv2d", "conv2d_forward", x.dtype, any_mode)
-
-    def part(a, b):
-        if fn(_ptr(x[a:b]), _ptr(w), _ptr(bias), _ptr(y[a:b]), b - a, c, h, wd, o, kh, kw,
-              ph, pw, sh, sw, dh, dw):
-            raise MemoryError("conv2d_forward: out of memory for its work buffers")
-
-    parallel_chunks(n, part, min_items(o * oh * ow))
+    task = native.task("conv2d", "conv2d_forward", x.dtype, any_mode)
+    args = cpu_tasks.pack(x, w, bias, y, n, c, h, wd, o, kh, kw, ph, pw, sh, sw, dh, dw)
+    if cpu_tasks.run(task, args, n, min_task_items(o * oh * ow)):
+        raise MemoryError("conv2d_forward: out of memory for its work buffers")
     return y
 
 
@@ -150,25 +142,22 @@ def conv2d_backward(x, w, dy, has_bias, need_dx, padding, dilation, stride=(1, 1
     (ph, pw), (dh, dw), (sh, sw) = padding, dilation, stride
     x = np.ascontiguousarray(x)          # the C code reads raw C-ordered memory
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    fn = native.function("conv2d", "conv2d_backward_weight", x.dtype, any_mode=True)
+    task = native.task("conv2d", "conv2d_backward_weight", x.dtype, any_mode=True)
     group = weight_grad_group(x.shape, w.shape, dy.shape, x.dtype)
     ngroups = max(1, -(-n // group))      # an empty batch: one group of zeros
     dWg = np.empty((ngroups,) + w.shape, dtype=x.dtype)
     dbg = np.empty((ngroups, o), dtype=x.dtype) if has_bias else None
 
-    def part(ga, gb):                     # groups ga..gb-1 = images ga*group .. gb*group-1
-        a, b = ga * group, min(gb * group, n)
-        if fn(_ptr(x[a:b]), _ptr(dy[a:b]), _ptr(dWg[ga:gb]),
-              None if dbg is None else _ptr(dbg[ga:gb]), b - a, group, c, h, wd, o,
-              kh, kw, ph, pw, sh, sw, dh, dw):
-            raise MemoryError("conv2d_backward_weight: out of memory for its work buffers")
-
     if n == 0:
         dWg.fill(0)
         if dbg is not None:
             dbg.fill(0)
-    else:
-        parallel_chunks(ngroups, part, -(-min_items(o * dy.shape[2] * dy.shape[3]) // group))
+    else:                                 # items = groups (group i: images i*group ..)
+        args = cpu_tasks.pack(x, dy, dWg, dbg, n, group, c, h, wd, o, kh, kw, ph, pw, sh, sw,
+                              dh, dw)
+        if cpu_tasks.run(task, args, ngroups,
+                         -(-min_task_items(o * dy.shape[2] * dy.shape[3]) // group)):
+            raise MemoryError("conv2d_backward_weight: out of memory for its work buffers")
     dW = _sum_in_order(dWg)
     db = _sum_in_order(dbg) if has_bias else None
     dx = None
@@ -200,14 +189,10 @@ def maxpool2d_forward(x, kernel, stride, padding, oh, ow):
     x = np.ascontiguousarray(x)
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     idx = np.empty((n, c, oh, ow), dtype=np.int32)
-    fn = native.function("maxpool2d", "maxpool2d_forward", x.dtype)
-
-    def part(a, b):
-        if fn(_ptr(x[a:b]), _ptr(y[a:b]), _ptr(idx[a:b]), (b - a) * c, h, w, kh, kw, sh, sw,
-              ph, pw, oh, ow):
-            raise ValueError("maxpool2d: a pooling window lies entirely in the padding")
-
-    parallel_chunks(n, part, min_items(c * h * w))
+    task = native.task("maxpool2d", "maxpool2d_forward", x.dtype)
+    args = cpu_tasks.pack(x, y, idx, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)
+    if cpu_tasks.run(task, args, n, min_task_items(c * h * w)):
+        raise ValueError("maxpool2d: a pooling window lies entirely in the padding")
     return y, PoolIndices(idx, x.dtype)
 
 
@@ -219,11 +204,7 @@ def maxpool2d_backward(gy, saved, x_shape):
                          f"{tuple(idx.shape)}")
     gy = np.ascontiguousarray(gy, dtype=saved.dtype)
     dx = np.empty((n, c, h, w), dtype=gy.dtype)
-    fn = native.function("maxpool2d", "maxpool2d_backward", gy.dtype, any_mode=True)
-    oh, ow = idx.shape[2], idx.shape[3]
-
-    def part(a, b):
-        fn(_ptr(gy[a:b]), _ptr(idx[a:b]), _ptr(dx[a:b]), (b - a) * c, h, w, oh, ow)
-
-    parallel_chunks(n, part, min_items(c * h * w))
+    task = native.task("maxpool2d", "maxpool2d_backward", gy.dtype, any_mode=True)
+    args = cpu_tasks.pack(gy, idx, dx, c, h, w, idx.shape[2], idx.shape[3])
+    cpu_tasks.run(task, args, n, min_task_items(c * h * w))
     return dx

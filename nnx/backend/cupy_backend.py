@@ -517,15 +517,15 @@ class CupyBackend(Backend):
 
     # ---------------------------------------------------------------- batch normalisation
     # (issue 17) the base class's array math on CuPy arrays; inputs checked to be on device
-    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5):
+    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5, relu=False):
         x = self._native(x, "batchnorm_forward x")
         weight, bias, mean, var = (None if a is None else self._same(x, a, "batchnorm_forward")
                                    for a in (weight, bias, mean, var))
-        return super().batchnorm_forward(x, weight, bias, mean, var, eps)
+        return super().batchnorm_forward(x, weight, bias, mean, var, eps, relu)
 
-    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True):
+    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True, relu_y=None):
         dy = self._native(dy, "batchnorm_backward dy")
-        return super().batchnorm_backward(dy, saved, weight, use_batch, need_dx)
+        return super().batchnorm_backward(dy, saved, weight, use_batch, need_dx, relu_y)
 
     def add_relu(self, a, b):
         a = self._native(a, "add_relu a")

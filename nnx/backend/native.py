@@ -55,10 +55,25 @@ _SIGNATURES = {
         "maxpool2d_backward": [_P] * 3 + [_L] + [_I] * 4,
     },
     "batchnorm2d": {
-        "batchnorm_forward": [_P] * 2 + [_L] * 5 + [_P] * 5 + [_D, _I],
-        "batchnorm_backward": [_P] * 3 + [_L] * 5 + [_P] * 5 + [_I],
+        "batchnorm_forward": [_P] * 2 + [_L] * 5 + [_P] * 5 + [_D, _I, _I],
+        "batchnorm_backward": [_P] * 3 + [_L] * 5 + [_P] * 5 + [_I, _P],
     },
 }
+# every kernel above also has a task entry point ``<name>_task_f32/_f64(args, a, b)`` run over
+# chunks by nnx_parallel_run (kernels/cpu/parallel.c, see nnx/backend/cpu_tasks.py)
+_TASK_ARGS = [_P, _L, _L]
+# libraries of tasks only (no direct entry points): stem -> task names (without "_task")
+_TASK_ONLY = {"elementwise": ["relu", "relu_backward", "add_relu", "bias_relu"]}
+# libraries whose functions have no dtype suffix: name -> (argument types, result type)
+_PLAIN = {
+    "parallel": {
+        "nnx_parallel_run": ([_P, _P, _L, _I], _I),
+        "nnx_parallel_workers": ([], _I),
+        "nnx_parallel_probe": ([_P, _L, _L], _I),
+    },
+}
+_STEM_FLAGS = {"parallel": ("-pthread",)}   # extra compiler flags of one library
+_STEMS = (*_SIGNATURES, *_TASK_ONLY, *_PLAIN)  # every library under kernels/cpu/
 
 _lock = threading.Lock()
 _libs: dict[str, object] = {}        # stem -> ctypes.CDLL, or the error text of a failed build
@@ -152,8 +167,9 @@ def _build(stem: str):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     version = _run([cc, "--version"]).stdout
     arch_opts = arch_flags()
-    h.update("\0".join([cc, version, platform.machine(), _cpu_id(), *_FLAGS, *arch_opts])
-             .encode())
+    extra = _STEM_FLAGS.get(stem, ())
+    h.update("\0".join([cc, version, platform.machine(), _cpu_id(), *_FLAGS, *extra,
+                        *arch_opts]).encode())
     out_dir = cache_dir()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +190,7 @@ def _build(stem: str):
         # processes see all of the library or nothing, and the rename also removes
         # temporaries left by builds that were killed
         with temp_sibling(lib) as tmp:
-            r = _run([cc, *_FLAGS, *arch, str(src), "-o", str(tmp)])
+            r = _run([cc, *_FLAGS, *extra, *arch, str(src), "-o", str(tmp)])
             if r.returncode == 0:
                 commit(tmp, lib)
                 return lib, arch
@@ -186,10 +202,19 @@ def _load(stem: str):
     path, arch = _build(stem)
     _flags[stem] = " ".join(_FLAGS[:3] + arch)
     lib = ctypes.CDLL(str(path))
-    for name, argtypes in _SIGNATURES[stem].items():
+    for name, argtypes in _SIGNATURES.get(stem, {}).items():
         for suffix in ("_f32", "_f64"):
             fn = getattr(lib, name + suffix)
             fn.argtypes, fn.restype = argtypes, ctypes.c_int
+            fn = getattr(lib, name + "_task" + suffix)
+            fn.argtypes, fn.restype = _TASK_ARGS, ctypes.c_int
+    for name in _TASK_ONLY.get(stem, []):
+        for suffix in ("_f32", "_f64"):
+            fn = getattr(lib, name + "_task" + suffix)
+            fn.argtypes, fn.restype = _TASK_ARGS, ctypes.c_int
+    for name, (argtypes, restype) in _PLAIN.get(stem, {}).items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, restype
     return lib
 
 
@@ -242,13 +267,35 @@ def function(stem: str, name: str, dtype, any_mode: bool = False):
     return getattr(lib, name + suffix)
 
 
+def task(stem: str, name: str, dtype, any_mode: bool = False):
+    """``(function, address)`` of the task entry point ``<name>_task_f32/_f64`` (see
+    :func:`function` for ``any_mode``), or None: what :func:`nnx.backend.cpu_tasks.run` runs."""
+    fn = function(stem, name + "_task", dtype, any_mode)
+    return None if fn is None else (fn, task_address(fn))
+
+
+def task_address(fn) -> int:
+    """The address of a loaded C function (what ``nnx_parallel_run`` takes), cached on it."""
+    addr = getattr(fn, "nnx_address", None)
+    if addr is None:
+        addr = fn.nnx_address = ctypes.cast(fn, ctypes.c_void_p).value
+    return addr
+
+
+def pool():
+    """The C thread pool library (``kernels/cpu/parallel.c``), or None when it cannot be
+    built (callers then split the work with Python threads)."""
+    lib = _get("parallel")
+    return None if isinstance(lib, str) else lib
+
+
 def describe() -> str:
     """One line for benchmark reports: which CPU path runs and how it was built."""
     m = mode()
     if m == "off":
         return "numpy (NNX_CPU_KERNELS=0)"
     try:
-        ok = all(library(s) is not None for s in _SIGNATURES)
+        ok = all(library(s) is not None for s in _STEMS)
     except NativeUnavailableError as e:
         return f"unavailable: {e}"
     if not ok:

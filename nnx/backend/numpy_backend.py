@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Backend
-from . import cpu_batchnorm, cpu_conv, cpu_direct, cpu_memory, cpu_rnn
+from . import cpu_batchnorm, cpu_conv, cpu_direct, cpu_elementwise, cpu_memory, cpu_rnn
 from .cpu_parallel import parallel_chunks
 
 
@@ -62,6 +62,9 @@ class NumpyBackend(Backend):
         return np.multiply(out, gy, out=out)
 
     def relu(self, x):
+        out = cpu_elementwise.relu(x)
+        if out is not None:
+            return out
         if not _splittable(x):
             return np.maximum(x, 0)
         out = np.empty(x.shape, dtype=np.result_type(x, 0))
@@ -69,6 +72,9 @@ class NumpyBackend(Backend):
         return out
 
     def bias_relu(self, x, b):
+        out = cpu_elementwise.bias_relu(x, b)
+        if out is not None:
+            return out
         shape = (1, -1) + (1,) * (x.ndim - 2)
         b = b.reshape(shape)
         if not _splittable(x):
@@ -84,6 +90,9 @@ class NumpyBackend(Backend):
         return out
 
     def relu_backward(self, y, gy):
+        out = cpu_elementwise.relu_backward(y, gy)
+        if out is not None:
+            return out
         if not (_splittable(gy) and y.shape == gy.shape):
             return gy * (y > 0)
         out = np.empty(gy.shape, dtype=np.result_type(gy, np.bool_))
@@ -203,17 +212,23 @@ class NumpyBackend(Backend):
 
     # ---------------------------------------------------------------- batch normalisation
     # (issue 17) the C kernels when available; base.py's array math is the reference
-    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5):
-        if cpu_batchnorm.supported(x, weight, bias, mean, var):
-            return cpu_batchnorm.forward(x, weight, bias, mean, var, eps)
-        return super().batchnorm_forward(x, weight, bias, mean, var, eps)
+    # BatchNorm + ReLU in one C pass each way (Sequential fuses the pair; see base.py)
+    fuses_batchnorm_relu = True
 
-    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True):
+    def batchnorm_forward(self, x, weight, bias, mean=None, var=None, eps=1e-5, relu=False):
+        if cpu_batchnorm.supported(x, weight, bias, mean, var):
+            return cpu_batchnorm.forward(x, weight, bias, mean, var, eps, relu)
+        return super().batchnorm_forward(x, weight, bias, mean, var, eps, relu)
+
+    def batchnorm_backward(self, dy, saved, weight, use_batch, need_dx=True, relu_y=None):
         if isinstance(saved, cpu_batchnorm.BatchNormSaved):
-            return cpu_batchnorm.backward(dy, saved, weight, use_batch, need_dx)
-        return super().batchnorm_backward(dy, saved, weight, use_batch, need_dx)
+            return cpu_batchnorm.backward(dy, saved, weight, use_batch, need_dx, relu_y)
+        return super().batchnorm_backward(dy, saved, weight, use_batch, need_dx, relu_y)
 
     def add_relu(self, a, b):
+        out = cpu_elementwise.add_relu(a, b)
+        if out is not None:
+            return out
         if not (_splittable(a) and a.shape == b.shape):
             return super().add_relu(a, b)
         out = np.empty(a.shape, dtype=np.result_type(a, b))

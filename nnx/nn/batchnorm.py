@@ -25,6 +25,12 @@ class _BatchNorm(Module):
         train:  dL/dx = (γ·s/m) · (m·g - Σ g - x̂·Σ g·x̂)      (μ and σ² depend on x)
         eval:   dL/dx = γ·s·g                                   (constants)
 
+    ``forward(x, relu=True)`` (what ``Sequential`` calls for a BatchNorm directly followed
+    by a ``ReLU`` on a backend with ``fuses_batchnorm_relu``, the CPU's) returns
+    ``y = max(γ·x̂ + β, 0)`` in the same pass, and its backward first applies ReLU's
+    ``g = dL/dy·[y > 0]``: the same numbers as the two layers, one pass over the activation
+    fewer each way.
+
     The backend computes these (``batchnorm_forward`` / ``batchnorm_backward``): the
     reference in array math is in ``nnx/backend/base.py`` (the CUDA backend runs it), the CPU
     backend uses C kernels (``kernels/cpu/batchnorm2d.c``) tested against it; this layer
@@ -73,7 +79,7 @@ class _BatchNorm(Module):
             return self.running_mean.dtype
         return None        # nothing stored: any floating dtype works
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
         name = type(self).__name__
         dt = self._param_dtype()
         x = check_float(as_array(x), name) if dt is None else as_input(x, dt, name)
@@ -95,10 +101,12 @@ class _BatchNorm(Module):
         w = self.weight.data if self.affine else None
         b = self.bias.data if self.affine else None
         stats = (None, None) if use_batch else (self.running_mean, self.running_var)
-        y, mean, var, saved = B.get().batchnorm_forward(x, w, b, *stats, eps=self.eps)
+        y, mean, var, saved = B.get().batchnorm_forward(x, w, b, *stats, eps=self.eps,
+                                                        relu=relu)
         if use_batch and self.training and self.track_running_stats:
             self._update_running(mean, var, m)
-        self.ctx.saved = (saved, use_batch)
+        # a fused ReLU's backward needs y (the next layer keeps it anyway: no extra memory)
+        self.ctx.saved = (saved, use_batch, y if relu else None)
         return y
 
     def _update_running(self, mean, var, m):
@@ -117,9 +125,9 @@ class _BatchNorm(Module):
         rv += dt(mom * m / (m - 1)) * var
 
     def backward(self, dy):
-        saved, use_batch = self.ctx.saved
+        saved, use_batch, relu_y = self.ctx.saved
         w = self.weight.data if self.affine else None
-        dx, dw, db = B.get().batchnorm_backward(dy, saved, w, use_batch)
+        dx, dw, db = B.get().batchnorm_backward(dy, saved, w, use_batch, relu_y=relu_y)
         if self.affine:
             self.bias.accumulate(db)
             self.weight.accumulate(dw)
