@@ -156,3 +156,36 @@ def test_pack_takes_arrays_none_and_integers():
     v = cpu_tasks.pack(a, None, 5, np.int64(-2), True)
     assert v.dtype == np.int64 and list(v[1:]) == [0, 5, -2, 1]
     assert v[0] == a.ctypes.data
+
+
+@needs_pool
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (1, 2, 0), (2, 3, 1)])
+def test_strided_input_gradient_is_the_same_for_any_thread_count(rng, monkeypatch, kernel,
+                                                                 stride, padding):
+    """The phases of a strided convolution's dL/dx are scattered by C tasks over the images
+    (zeroing first where no phase reaches): every element is one copy, so 1, 2 and 3 threads
+    give the same bits, and the result matches the NumPy (im2col) path."""
+    from nnx.backend import cpu_direct
+    monkeypatch.setenv("NNX_CPU_KERNELS", "1")
+    monkeypatch.setattr(cpu_conv, "_MIN_TASK_ELEMS", 1)
+    x = rng.standard_normal((5, 3, 9, 8)).astype(np.float64)
+    w = rng.standard_normal((4, 3, kernel, kernel))
+    _, xc = cpu_direct.conv2d_forward(x, w, None, (padding, padding), (1, 1), (stride, stride))
+    oh = (9 + 2 * padding - kernel) // stride + 1
+    ow = (8 + 2 * padding - kernel) // stride + 1
+    dy = rng.standard_normal((5, 4, oh, ow))
+    got = {}
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("NNX_NUM_THREADS", threads)
+        got[threads] = cpu_direct.conv2d_backward(xc, w, dy, False, True, (padding, padding),
+                                                  (1, 1), (stride, stride))[0]
+    np.testing.assert_array_equal(got["2"], got["1"])
+    np.testing.assert_array_equal(got["3"], got["1"])
+    # reference: scatter dy through every tap in float64
+    ref = np.zeros((5, 3, 9 + 2 * padding, 8 + 2 * padding))
+    for i in range(kernel):
+        for j in range(kernel):
+            ref[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] += \
+                np.einsum("nohw,oc->nchw", dy, w[:, :, i, j])
+    ref = ref[:, :, padding:padding + 9, padding:padding + 8]
+    np.testing.assert_allclose(got["1"], ref, rtol=1e-12, atol=1e-12)

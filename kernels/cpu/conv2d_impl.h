@@ -276,6 +276,30 @@ int FN(conv2d_forward_task)(const long long *v, long a, long b)
                               (int)v[12], (int)v[13], (int)v[14], (int)v[15], (int)v[16]);
 }
 
+/* phase_scatter_task, items = images: writes rows x cols of one stride phase of a strided
+ * convolution's input gradient into dx (nnx/backend/cpu_direct.py, _input_grad_strided):
+ *   dx[n, c, r0 + sh*u, c0 + sw*v] = part[n, c, u0 + u, v0 + v]   (u < rows, v < cols)
+ * after zeroing the images' dx first when `zero` (positions no phase reaches).
+ *   v = {part, dx, C, PH, PW, H, W, rows, cols, u0, v0, r0, c0, sh, sw, zero} */
+int FN(phase_scatter_task)(const long long *v, long a, long b)
+{
+    const T *part = (const T *)(size_t)v[0];
+    T *dx = (T *)(size_t)v[1];
+    const long C = v[2], PH = v[3], PW = v[4], H = v[5], W = v[6], rows = v[7], cols = v[8];
+    const long u0 = v[9], v0 = v[10], r0 = v[11], c0 = v[12], sh = v[13], sw = v[14];
+    if (v[15])
+        memset(dx + (size_t)a * C * H * W, 0, sizeof(T) * (size_t)(b - a) * C * H * W);
+    for (long n = a; n < b; n++)
+        for (long c = 0; c < C; c++) {
+            const T *p = part + (((size_t)n * C + c) * PH + u0) * PW + v0;
+            T *d = dx + (((size_t)n * C + c) * H + r0) * W + c0;
+            for (long u = 0; u < rows; u++)
+                for (long j = 0; j < cols; j++)
+                    d[u * sh * W + j * sw] = p[u * PW + j];
+        }
+    return 0;
+}
+
 /* conv2d_backward_weight_task, items = groups of G images (group i: images i*G ..):
  *   v = {x, dy, dWg, dbg, N, G, C, H, W, O, KH, KW, ph, pw, sh, sw, dh, dw} */
 int FN(conv2d_backward_weight_task)(const long long *v, long a, long b)

@@ -82,24 +82,49 @@ def _input_grad_strided(dy, w, x_shape, padding, stride):
     """``dL/dx`` of a strided convolution (dilation 1), phase by phase (module docstring).
     Phase ``(a, b)``'s row ``u`` is padded row ``a + sh·u``, i.e. ``dx`` row ``a + sh·u - ph``:
     each phase is written straight into ``dx`` without its padding rows and columns (no padded
-    buffer, no crop copy).  Positions no phase reaches stay zero."""
+    buffer, no crop copy; a C task per phase, split over the images).  Positions no phase
+    reaches are zeroed first (by the first phase's task), and only when there are any."""
     n, c, h, wd = x_shape
     (ph, pw), (sh, sw) = padding, stride
-    dx = np.zeros((n, c, h, wd), dtype=dy.dtype)
-    for a in range(sh):
-        for b in range(sw):
+    oh, ow = dy.shape[2], dy.shape[3]
+    # the phases with taps (a kernel smaller than the stride has phases without), and
+    # whether together they reach every row and every column of dx
+    row_phases = [(a, len(range(a, w.shape[2], sh))) for a in range(sh)]
+    col_phases = [(b, len(range(b, w.shape[3], sw))) for b in range(sw)]
+    row_phases = [(a, k) for a, k in row_phases if k > 0]
+    col_phases = [(b, k) for b, k in col_phases if k > 0]
+    covered = all(_covers([_phase_span(size + k - 1, a, pad, s, full) for a, k in phases],
+                          s, full)
+                  for phases, size, pad, s, full in ((row_phases, oh, ph, sh, h),
+                                                      (col_phases, ow, pw, sw, wd)))
+    dx = np.empty((n, c, h, wd), dtype=dy.dtype)
+    zero = not covered
+    task = native.task("conv2d", "phase_scatter", dy.dtype, any_mode=True)
+    for a, kha in row_phases:
+        for b, kwb in col_phases:
             sub = w[:, :, a::sh, b::sw]
-            kha, kwb = sub.shape[2], sub.shape[3]
-            if kha == 0 or kwb == 0:          # a kernel smaller than the stride: no taps
-                continue
             part = _forward(dy, _transposed_flipped(sub), None, (kha - 1, kwb - 1), (1, 1),
                             any_mode=True)
             rows, u0, r0 = _phase_span(part.shape[2], a, ph, sh, h)
             cols, v0, c0 = _phase_span(part.shape[3], b, pw, sw, wd)
-            if rows > 0 and cols > 0:
-                dx[:, :, r0:r0 + sh * (rows - 1) + 1:sh, c0:c0 + sw * (cols - 1) + 1:sw] = \
-                    part[:, :, u0:u0 + rows, v0:v0 + cols]
+            if zero or (rows > 0 and cols > 0):
+                args = cpu_tasks.pack(part, dx, c, part.shape[2], part.shape[3], h, wd,
+                                      max(rows, 0), max(cols, 0), u0, v0, r0, c0, sh, sw,
+                                      int(zero))
+                cpu_tasks.run(task, args, n, min_task_items(c * h * wd))
+                zero = False
+    if zero:                                  # no phase at all (cannot happen with taps)
+        dx.fill(0)
     return dx
+
+
+def _covers(spans, s, size):
+    """Whether phase spans ``(count, u0, r0)`` (rows ``r0, r0+s, ...``) cover ``[0, size)``."""
+    hit = np.zeros(size, dtype=bool)
+    for count, _, r0 in spans:
+        if count > 0:
+            hit[r0:r0 + s * (count - 1) + 1:s] = True
+    return bool(hit.all())
 
 
 def _phase_span(length, a, pad, s, size):
