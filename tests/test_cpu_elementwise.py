@@ -1,4 +1,5 @@
-"""The CPU backend's ReLU passes in C (kernels/cpu/elementwise.c) against NumPy, value for value.
+"""The CPU backend's ReLU passes and gradient sum in C (kernels/cpu/elementwise.c) against
+NumPy, value for value.
 
 Exact equality is valid here: each output element is one add and/or one compare-and-select (or
 one multiply by 0/1) of its inputs, the same operations NumPy does, in no order that threads
@@ -49,6 +50,7 @@ def test_relu_passes_match_numpy(rng, monkeypatch, dtype, shape, threads):
         _same(cpu_elementwise.relu(x), np.maximum(x, 0))
         _same(cpu_elementwise.relu_backward(y, gy), gy * (y > 0))
         _same(cpu_elementwise.add_relu(x, y), np.maximum(x + y, 0))
+        _same(cpu_elementwise.add(x, y), x + y)
         if len(shape) >= 2:
             b = _special(rng, (shape[1],), dtype)
             bshape = (1, -1) + (1,) * (len(shape) - 2)
@@ -68,7 +70,8 @@ def test_the_backend_uses_the_c_passes_and_splits_them(rng, monkeypatch):
     _same(be.relu_backward(y, x), x * (y > 0))
     _same(be.add_relu(x, y), Backend.add_relu(be, x, y))          # the array-math version
     _same(be.bias_relu(x, b), np.maximum(x + b.reshape(1, 3, 1, 1), 0))
-    assert chunks == [2, 2, 2, 2]
+    _same(be.add(x, y), x + y)
+    assert chunks == [2, 2, 2, 2, 2]
 
 
 @needs_c
@@ -97,3 +100,31 @@ def test_kernels_off_means_numpy(rng, monkeypatch):
     x = rng.standard_normal((3, 4)).astype(np.float32)
     assert cpu_elementwise.relu(x) is None
     assert native.library("elementwise") is None
+
+
+@needs_c
+def test_the_tape_sums_a_residual_input_gradient_through_the_backend(rng, monkeypatch):
+    """An input used by two branches gets the sum of both gradients (the C add), the same
+    bits as NumPy's ``+``."""
+    monkeypatch.setenv("NNX_CPU_KERNELS", "1")
+    calls = []
+    real = cpu_elementwise.add
+
+    def spy(a, b):
+        calls.append(a.shape)
+        return real(a, b)
+
+    monkeypatch.setattr(cpu_elementwise, "add", spy)
+    from nnx.nn import Conv2d, Residual
+    nnx.manual_seed(0)
+    block = Residual(Conv2d(3, 3, 3, padding=1), Conv2d(3, 3, 1))
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    y = block(x)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = block.backward(gy)
+    assert calls == [x.shape]
+    body, short = block.body, block.shortcut
+    # the two branch gradients recomputed on their own, summed by NumPy
+    body(x), short(x)
+    want = body.backward(gy) + short.backward(gy)
+    _same(dx, want)

@@ -2,6 +2,7 @@
  * chunks): ReLU, its backward, and the fused add + ReLU and bias + ReLU.  Compiled at first
  * use by nnx/backend/native.py; NumPy (nnx/backend/numpy_backend.py) is the fallback and the
  * reference they are tested against, value for value:
+ *   add(a, b)          = a + b                 (a gradient reaching one array twice)
  *   relu(x)            = x <= 0 ? 0 : x       (np.maximum(x, 0): NaN stays NaN, -0.0 -> 0)
  *   relu_backward      = gy * (T)(y > 0)      (gy * (y > 0))
  *   add_relu(a, b)     = relu(a + b)

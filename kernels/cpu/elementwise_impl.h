@@ -1,6 +1,16 @@
 /* One dtype's element-wise tasks (see elementwise.c); T and FN(name) are set by the includer.
  * Every task: int task(const long long *v, long a, long b) over items [a, b). */
 
+/* v = {a, b, out} */
+int FN(add_task)(const long long *v, long i0, long i1)
+{
+    const T *restrict p = (const T *)(size_t)v[0], *restrict q = (const T *)(size_t)v[1];
+    T *restrict out = (T *)(size_t)v[2];
+    for (long i = i0; i < i1; i++)
+        out[i] = p[i] + q[i];
+    return 0;
+}
+
 /* v = {x, out} */
 int FN(relu_task)(const long long *v, long a, long b)
 {

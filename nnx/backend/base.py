@@ -212,6 +212,11 @@ class Backend(ABC):
 
     # ---------------------------------------------------------------- batch normalisation
     # (issue 17) reference versions in array math; the NumPy backend has C kernels
+    def add(self, a, b):
+        """``a + b`` as a new array (the tape sums the gradients an array receives from
+        several uses with it)."""
+        return a + b
+
     #: True where BatchNorm + ReLU run as one call each way (``batchnorm_forward(relu=True)``,
     #: ``batchnorm_backward(relu_y=...)``) and save a pass; ``Sequential`` then fuses such
     #: pairs.  The generic versions below compose the two, so every backend accepts the

@@ -1,7 +1,9 @@
-"""The CPU backend's ReLU passes as C tasks (``kernels/cpu/elementwise.c``) on nnx's C pool.
+"""The CPU backend's ReLU passes (and the sum of two gradients) as C tasks
+(``kernels/cpu/elementwise.c``) on nnx's C pool.
 
-``relu``, ``relu_backward``, ``add_relu`` and ``bias_relu`` are memory-bound passes that run
-between the convolutions of every block.  In NumPy each is one or two ufunc passes (plus a
+``relu``, ``relu_backward``, ``add_relu``, ``bias_relu`` and ``add`` are memory-bound passes
+that run between the convolutions of every block (``add``: the tape summing the gradients a
+residual block's two branches send to its input).  In NumPy each is one or two ufunc passes (plus a
 boolean temporary for the backward), split over Python's thread pool; here each is one pass in
 C, split over the C pool at a cost of microseconds.  Same values as NumPy, element for element
 (``kernels/cpu/elementwise.c`` gives the formulas); every function returns None when the C
@@ -32,6 +34,15 @@ def _run(name, n, *arrays_and_ints, min_items=None):
     task = native.task("elementwise", name, arrays_and_ints[0].dtype)
     args = cpu_tasks.pack(*arrays_and_ints)
     cpu_tasks.run(task, args, n, _min_elems() if min_items is None else min_items)
+
+
+def add(a, b):
+    """``a + b`` (a new array), or None."""
+    if not (_ok(a, b) and native.library("elementwise") is not None):
+        return None
+    out = np.empty_like(a)
+    _run("add", a.size, a, b, out)
+    return out
 
 
 def relu(x):

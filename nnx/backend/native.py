@@ -63,7 +63,7 @@ _SIGNATURES = {
 # chunks by nnx_parallel_run (kernels/cpu/parallel.c, see nnx/backend/cpu_tasks.py)
 _TASK_ARGS = [_P, _L, _L]
 # libraries of tasks only (no direct entry points): stem -> task names (without "_task")
-_TASK_ONLY = {"elementwise": ["relu", "relu_backward", "add_relu", "bias_relu"],
+_TASK_ONLY = {"elementwise": ["add", "relu", "relu_backward", "add_relu", "bias_relu"],
               "conv2d": ["phase_scatter"]}
 # libraries whose functions have no dtype suffix: name -> (argument types, result type)
 _PLAIN = {

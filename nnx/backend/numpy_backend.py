@@ -61,6 +61,10 @@ class NumpyBackend(Backend):
             return out * gy
         return np.multiply(out, gy, out=out)
 
+    def add(self, a, b):
+        out = cpu_elementwise.add(a, b)
+        return a + b if out is None else out
+
     def relu(self, x):
         out = cpu_elementwise.relu(x)
         if out is not None:

@@ -49,6 +49,7 @@ import weakref
 
 import numpy as np
 
+from .. import backend as B
 from .parameter import Parameter
 
 
@@ -316,10 +317,19 @@ def _accumulate(slots, grads, g):
     if type(slots) is int:
         if grads is not None:
             prev = g[slots]
-            g[slots] = grads if prev is None else prev + grads
+            g[slots] = grads if prev is None else _add(prev, grads)
     elif slots is not None and grads is not None:
         for s, gr in zip(slots, grads):
             _accumulate(s, gr, g)
+
+
+def _add(a, b):
+    """``a + b``: through the backend (the CPU's splits it over threads in C) when both are
+    the backend's arrays, else plain ``+`` (scalars, broadcasting, other array types)."""
+    be = B.get()
+    if be.is_native(a) and be.is_native(b) and a.shape == b.shape and a.dtype == b.dtype:
+        return be.add(a, b)
+    return a + b
 
 
 def _accumulate_args(arg_slots, grads, g):
