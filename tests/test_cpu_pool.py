@@ -189,3 +189,18 @@ def test_strided_input_gradient_is_the_same_for_any_thread_count(rng, monkeypatc
                 np.einsum("nohw,oc->nchw", dy, w[:, :, i, j])
     ref = ref[:, :, padding:padding + 9, padding:padding + 8]
     np.testing.assert_allclose(got["1"], ref, rtol=1e-12, atol=1e-12)
+
+
+@needs_pool
+def test_spin_time_can_be_set_and_the_pool_still_works():
+    lib = native.pool()
+    _probe(4, 2)                                  # the pool has started (spin time read)
+    old = lib.nnx_parallel_set_spin_us(0)
+    try:
+        assert old >= 0
+        assert lib.nnx_parallel_set_spin_us(5) == 0
+        for _ in range(50):                       # workers sleep between runs now
+            rc, rec = _probe(6, 2)
+            assert rc == 0 and list(rec[:, 1]) == [0, 0, 0, 1, 1, 1]
+    finally:
+        lib.nnx_parallel_set_spin_us(old)

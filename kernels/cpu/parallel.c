@@ -18,8 +18,11 @@
  * is running (threads in Python) run their chunks serially on the calling thread, in order.
  *
  * Spinning: after its last chunk a worker polls for new work for NNX_SPIN_US microseconds
- * (default 300; read when the pool starts), yielding the core every few polls so that another
- * runnable thread is not starved, then sleeps on a condition variable. */
+ * (default 1000; read when the pool starts, or nnx_parallel_set_spin_us), yielding the core
+ * every few polls so that another runnable thread is not starved, then sleeps on a condition
+ * variable.  Measured in one process on a 2-vCPU VM (bench/NOTES.md, item 30): against 300 us,
+ * 0 made steps 19-35% slower, 100 up to 24% slower, 1000 1-11% faster, 3000 1-16% faster
+ * (a core that stays busy also stays awake); OpenMP runtimes spin for milliseconds too. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <sched.h>
@@ -144,7 +147,7 @@ static int grow(int want)
 {
     if (spin_ns < 0) {
         const char *s = getenv("NNX_SPIN_US");
-        long long us = s && *s ? atoll(s) : 300;
+        long long us = s && *s ? atoll(s) : 1000;
         spin_ns = (us < 0 ? 0 : us) * 1000LL;
     }
     if (!atfork_done) {
@@ -262,6 +265,14 @@ int nnx_parallel_probe(const long long *v, long a, long b)
         out[3 * i + 2] = nested;
     }
     return (v[2] >= a && v[2] < b) ? 7 : 0;
+}
+
+/* Set the spin time (microseconds; what NNX_SPIN_US sets at start-up); returns the old one. */
+long nnx_parallel_set_spin_us(long us)
+{
+    long old = spin_ns < 0 ? -1 : (long)(spin_ns / 1000);
+    spin_ns = (us < 0 ? 0 : us) * 1000LL;
+    return old;
 }
 
 /* Worker threads started so far (for tests and benchmark reports). */

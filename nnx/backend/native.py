@@ -70,6 +70,7 @@ _PLAIN = {
     "parallel": {
         "nnx_parallel_run": ([_P, _P, _L, _I], _I),
         "nnx_parallel_workers": ([], _I),
+        "nnx_parallel_set_spin_us": ([_L], _L),
         "nnx_parallel_probe": ([_P, _L, _L], _I),
     },
 }
