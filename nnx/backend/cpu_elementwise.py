@@ -36,40 +36,33 @@ def _run(name, n, *arrays_and_ints, min_items=None):
     cpu_tasks.run(task, args, n, _min_elems() if min_items is None else min_items)
 
 
+def _elementwise(name, *inputs):
+    """``out = f(inputs...)`` element by element by the C task ``name``, or None."""
+    if not (_ok(*inputs) and native.library("elementwise") is not None):
+        return None
+    out = np.empty_like(inputs[-1])
+    _run(name, out.size, *inputs, out)
+    return out
+
+
 def add(a, b):
     """``a + b`` (a new array), or None."""
-    if not (_ok(a, b) and native.library("elementwise") is not None):
-        return None
-    out = np.empty_like(a)
-    _run("add", a.size, a, b, out)
-    return out
+    return _elementwise("add", a, b)
 
 
 def relu(x):
     """``max(x, 0)``, or None."""
-    if not (_ok(x) and native.library("elementwise") is not None):
-        return None
-    out = np.empty_like(x)
-    _run("relu", x.size, x, out)
-    return out
+    return _elementwise("relu", x)
 
 
 def relu_backward(y, gy):
     """``gy * (y > 0)``, or None."""
-    if not (_ok(y, gy) and native.library("elementwise") is not None):
-        return None
-    out = np.empty_like(gy)
-    _run("relu_backward", gy.size, y, gy, out)
-    return out
+    return _elementwise("relu_backward", y, gy)
 
 
 def add_relu(a, b):
     """``max(a + b, 0)``, or None."""
-    if not (_ok(a, b) and native.library("elementwise") is not None):
-        return None
-    out = np.empty_like(a)
-    _run("add_relu", a.size, a, b, out)
-    return out
+    return _elementwise("add_relu", a, b)
 
 
 def bias_relu(x, b):
