@@ -142,3 +142,23 @@ def test_cuda_backend_takes_the_fused_route_in_simulation(rng, monkeypatch):
         got = [be.to_numpy(a) for a in _run(net, be.asarray(x), asarray=be.asarray)]
     for a, b in zip(want, got):
         np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_pair_does_not_depend_on_the_thread_count(rng, monkeypatch, dtype):
+    """Channels are split over threads, a channel's sums never are (exact: nnx fixes the
+    order of every sum, whatever NNX_NUM_THREADS is)."""
+    monkeypatch.setenv("NNX_CPU_KERNELS", "1")
+    monkeypatch.setattr(cpu_conv, "_MIN_TASK_ELEMS", 1)
+    x = rng.standard_normal((5, 7, 6, 5)).astype(dtype)
+    results = {}
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("NNX_NUM_THREADS", threads)
+        nnx.manual_seed(2)
+        net = Sequential(BatchNorm2d(7, dtype=dtype), ReLU())
+        assert net._steps()[0][1]
+        results[threads] = _run(net, x)
+    for t in ("2", "3"):
+        for a, b in zip(results["1"], results[t]):
+            np.testing.assert_array_equal(a, b)
