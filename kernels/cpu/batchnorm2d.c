@@ -7,6 +7,7 @@
  * thread count: results do not depend on NNX_NUM_THREADS. */
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Lanes of the per-channel partial sums: a fixed number (not the vector width), so that the
@@ -22,7 +23,6 @@ typedef double vlanes __attribute__((vector_size(LANES * sizeof(double))));
 #undef SQRT
 #undef FN
 #undef WIDEN
-#undef POSITIVE
 
 #define T double
 #define SQRT sqrt
@@ -32,4 +32,3 @@ typedef double vlanes __attribute__((vector_size(LANES * sizeof(double))));
 #undef SQRT
 #undef FN
 #undef WIDEN
-#undef POSITIVE

@@ -50,44 +50,75 @@ static void FN(bn_sums)(const T *x, long N, long C, long S, long c, double K,
     *s2 = r2 + FN(lanes_sum)(a2);
 }
 
-/* [y > 0] as 1 or 0 per lane, in double (the comparison gives -1 / 0 per lane) */
-#define POSITIVE(ptr) __builtin_convertvector((*(const FN(vrow) *)(ptr) > 0) & 1, vlanes)
+/* The per-row passes below are noinline: the ReLU-fused path and the plain path run the
+ * same machine code on the same values, so they give the same bits whatever contraction
+ * (FMA) and vectorisation choices the compiler makes for the -march it builds for. */
 
-/* Σ g and Σ g·(x - μ) over one channel; with relu_y, g = dy·[relu_y > 0] (exactly the T
- * product dy·(T)[y > 0]: multiplying by 1 or 0 is exact in double as in T). */
-static void FN(bn_grad_sums)(const T *x, const T *g, const T *relu_y, long N, long C, long S,
-                             long c, double mu, double *sg, double *sgx)
+/* Σ g and Σ g·(x - μ) over one row, added to the channel's lanes and tails. */
+static __attribute__((noinline)) void FN(row_grad_sums)(const T *p, const T *q, long S,
+                                                        double mu, vlanes *a1, vlanes *a2,
+                                                        double *r1, double *r2)
+{
+    vlanes b1 = *a1, b2 = *a2;
+    double t1 = *r1, t2 = *r2;
+    long s = 0;
+    for (; s + LANES <= S; s += LANES) {
+        vlanes gj = WIDEN(q + s);
+        b1 += gj;
+        b2 += gj * (WIDEN(p + s) - mu);
+    }
+    for (; s < S; s++) {
+        double gj = (double)q[s];
+        t1 += gj;
+        t2 += gj * ((double)p[s] - mu);
+    }
+    *a1 = b1; *a2 = b2; *r1 = t1; *r2 = t2;
+}
+
+/* ReLU's backward on one row: out = dy·[y > 0] (the product in T, as the unfused ReLU). */
+static void FN(mask_row)(const T *q, const T *yr, T *out, long S)
+{
+    for (long s = 0; s < S; s++) out[s] = q[s] * (T)(yr[s] > 0);
+}
+
+/* Σ g and Σ g·(x - μ) over one channel; with relu_y, g = dy·[relu_y > 0], each row masked
+ * into `scratch` (S values) first. */
+static void FN(bn_grad_sums)(const T *x, const T *g, const T *relu_y, T *scratch, long N,
+                             long C, long S, long c, double mu, double *sg, double *sgx)
 {
     vlanes a1 = {0}, a2 = {0};
     double r1 = 0, r2 = 0;
     for (long n = 0; n < N; n++) {
         const long row = (n * C + c) * S;
-        const T *p = x + row, *q = g + row, *yr = relu_y ? relu_y + row : NULL;
-        long s = 0;
-        if (yr)
-            for (; s + LANES <= S; s += LANES) {
-                vlanes gj = WIDEN(q + s) * POSITIVE(yr + s);
-                a1 += gj;
-                a2 += gj * (WIDEN(p + s) - mu);
-            }
-        else
-            for (; s + LANES <= S; s += LANES) {
-                vlanes gj = WIDEN(q + s);
-                a1 += gj;
-                a2 += gj * (WIDEN(p + s) - mu);
-            }
-        for (; s < S; s++) {
-            double gj = (double)(yr ? q[s] * (T)(yr[s] > 0) : q[s]);
-            r1 += gj;
-            r2 += gj * ((double)p[s] - mu);
+        const T *q = g + row;
+        if (relu_y) {
+            FN(mask_row)(q, relu_y + row, scratch, S);
+            q = scratch;
         }
+        FN(row_grad_sums)(x + row, q, S, mu, &a1, &a2, &r1, &r2);
     }
     *sg = r1 + FN(lanes_sum)(a1);
     *sgx = r2 + FN(lanes_sum)(a2);
 }
 
+/* y = (x - μ)·a + b over one row. */
+static __attribute__((noinline)) void FN(row_y)(const T *p, T *q, long S, T mu, T a, T b)
+{
+    for (long s = 0; s < S; s++) q[s] = (p[s] - mu) * a + b;
+}
+
+/* dx over one row: A·g + Bx·(x - μ) + Cc (training), A·g (eval). */
+static __attribute__((noinline)) void FN(row_dx)(const T *p, const T *q, T *r, long S, T A,
+                                                 T Bx, T Cc, T muT, int use_batch)
+{
+    if (use_batch)
+        for (long s = 0; s < S; s++) r[s] = A * q[s] + Bx * (p[s] - muT) + Cc;
+    else
+        for (long s = 0; s < S; s++) r[s] = A * q[s];
+}
+
 /* use_batch: writes mean[c], var[c] (biased) from x; else reads them (running statistics).
- * Always writes inv_std[c] and y. */
+ * Always writes inv_std[c] and y; relu: y = max(y, 0) as ReLU computes it. */
 int FN(batchnorm_forward)(const T *x, T *y, long N, long C, long S, long c0, long c1,
                           const T *weight, const T *bias, T *mean, T *var, T *inv_std,
                           double eps, int use_batch, int relu)
@@ -107,30 +138,32 @@ int FN(batchnorm_forward)(const T *x, T *y, long N, long C, long S, long c0, lon
         T a = weight ? weight[c] * inv : inv;
         T b = bias ? bias[c] : (T)0;
         for (long n = 0; n < N; n++) {
-            const T *p = x + (n * C + c) * S;
             T *q = y + (n * C + c) * S;
+            FN(row_y)(x + (n * C + c) * S, q, S, mu, a, b);
             if (relu)
                 for (long s = 0; s < S; s++) {
-                    T v = (p[s] - mu) * a + b;
+                    T v = q[s];
                     q[s] = v <= 0 ? (T)0 : v;
                 }
-            else
-                for (long s = 0; s < S; s++) q[s] = (p[s] - mu) * a + b;
         }
     }
     return 0;
 }
 
 /* Writes dweight[c] = Σ g·x̂ and dbias[c] = Σ g (both arrays always given), and dx unless it
- * is NULL.  relu_y: the output of a forward fused with ReLU (g = dy·[relu_y > 0]), or NULL. */
+ * is NULL.  relu_y: the output of a forward fused with ReLU (g = dy·[relu_y > 0]), or NULL.
+ * Returns 0, or -1 when out of memory (the masked row's scratch). */
 int FN(batchnorm_backward)(const T *x, const T *g, T *dx, long N, long C, long S, long c0,
                            long c1, const T *weight, const T *mean, const T *inv_std,
                            T *dweight, T *dbias, int use_batch, const T *relu_y)
 {
     double m = (double)N * (double)S;
+    T *scratch = NULL;
+    if (relu_y && !(scratch = malloc(sizeof(T) * (size_t)(S > 0 ? S : 1))))
+        return -1;
     for (long c = c0; c < c1; c++) {
         double mu = (double)mean[c], inv = (double)inv_std[c], sg, sgx;
-        FN(bn_grad_sums)(x, g, relu_y, N, C, S, c, mu, &sg, &sgx);
+        FN(bn_grad_sums)(x, g, relu_y, scratch, N, C, S, c, mu, &sg, &sgx);
         dweight[c] = (T)(sgx * inv);
         dbias[c] = (T)sg;
         if (!dx) continue;
@@ -140,23 +173,16 @@ int FN(batchnorm_backward)(const T *x, const T *g, T *dx, long N, long C, long S
         T Cc = use_batch ? (T)(-gam * inv * sg / m) : (T)0;
         T muT = (T)mu;
         for (long n = 0; n < N; n++) {
-            const T *p = x + (n * C + c) * S, *q = g + (n * C + c) * S;
-            T *r = dx + (n * C + c) * S;
+            const long row = (n * C + c) * S;
+            const T *q = g + row;
             if (relu_y) {
-                const T *yr = relu_y + (n * C + c) * S;
-                if (use_batch)
-                    for (long s = 0; s < S; s++) {
-                        T gq = q[s] * (T)(yr[s] > 0);
-                        r[s] = A * gq + Bx * (p[s] - muT) + Cc;
-                    }
-                else
-                    for (long s = 0; s < S; s++) r[s] = A * (q[s] * (T)(yr[s] > 0));
-            } else if (use_batch)
-                for (long s = 0; s < S; s++) r[s] = A * q[s] + Bx * (p[s] - muT) + Cc;
-            else
-                for (long s = 0; s < S; s++) r[s] = A * q[s];
+                FN(mask_row)(q, relu_y + row, scratch, S);
+                q = scratch;
+            }
+            FN(row_dx)(x + row, q, dx + row, S, A, Bx, Cc, muT, use_batch);
         }
     }
+    free(scratch);
     return 0;
 }
 

@@ -91,5 +91,6 @@ def backward(dy, saved, weight, use_batch, need_dx=True, relu_y=None):
                              f"expected {tuple(x.shape)}")
     args = cpu_tasks.pack(x, dy, dx, n, c, s, weight, saved.mean, saved.inv_std, dweight,
                           dbias, int(use_batch), relu_y)
-    cpu_tasks.run(task, args, c, min_task_items(n * s))
+    if cpu_tasks.run(task, args, c, min_task_items(n * s)):
+        raise MemoryError("batchnorm backward: out of memory for its work buffer")
     return dx, dweight, dbias
