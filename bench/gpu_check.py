@@ -438,7 +438,9 @@ class Run:
     def run_train_step(self):
         args = ["--backend", "cuda", "--out", self.dirs[-1], "--tag",
                 "gpu_check_sim" if self.sim else "gpu_check", "--models", "simple_cnn,resnet"]
-        args += (["--batch-sizes", "2", "--repeats", "1", "--warmup", "0", "--budget-s", "0.1"]
+        # simulated: one step per framework (--block 1), a smoke run of the code path
+        args += (["--batch-sizes", "2", "--repeats", "1", "--warmup", "0", "--budget-s", "0.1",
+                  "--block", "1"]
                  if self.sim else ["--batch-sizes", "32,128,512", "--repeats", "10",
                                    "--budget-s", "6"])
         status, secs, tail, data = self.bench("train_step", "train_step.py", args)
