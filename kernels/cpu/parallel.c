@@ -27,7 +27,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
 typedef int (*nnx_task)(const long long *args, long a, long b);

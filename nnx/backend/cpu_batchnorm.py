@@ -37,7 +37,6 @@ def supported(x, *params) -> bool:
             and native.library("batchnorm2d") is not None)
 
 
-
 def _geometry(x):
     n, c = x.shape[0], x.shape[1]
     return n, c, x.size // (n * c)

@@ -35,7 +35,6 @@ from .cpu_conv import min_task_items
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-
 def conv_supported(dtype, stride, padding, dilation, kernel, groups) -> bool:
     """True when the C convolution handles this geometry (and the C kernels are available)."""
     (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
@@ -113,9 +112,7 @@ def _input_grad_strided(dy, w, x_shape, padding, stride):
                                       int(zero))
                 cpu_tasks.run(task, args, n, min_task_items(c * h * wd))
                 zero = False
-    if zero:                                  # no phase at all (cannot happen with taps)
-        dx.fill(0)
-    return dx
+    return dx                   # phase (0, 0) always has taps: the first task did any zeroing
 
 
 def _covers(spans, s, size):

@@ -324,12 +324,11 @@ def _accumulate(slots, grads, g):
 
 
 def _add(a, b):
-    """``a + b``: through the backend (the CPU's splits it over threads in C) when both are
-    the backend's arrays, else plain ``+`` (scalars, broadcasting, other array types)."""
+    """``a + b``: through the backend (the CPU's splits it over threads in C, and falls back
+    to ``+`` itself for operands its C pass does not take) when both are the backend's
+    arrays, else plain ``+`` (scalars, other array types)."""
     be = B.get()
-    if be.is_native(a) and be.is_native(b) and a.shape == b.shape and a.dtype == b.dtype:
-        return be.add(a, b)
-    return a + b
+    return be.add(a, b) if be.is_native(a) and be.is_native(b) else a + b
 
 
 def _accumulate_args(arg_slots, grads, g):
